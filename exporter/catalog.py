@@ -1,0 +1,147 @@
+"""Every metric infermeter exports, declared once as data.
+
+The catalogue drives the collector's ``describe()``, the README metric table and the tests:
+nothing is exported that is not declared here, with exactly these labels.
+Run ``python -m exporter.catalog`` to print the README table.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+MetricType = Literal["gauge", "counter", "summary", "info"]
+
+PREFIX = "infermeter_"
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+
+GPU_LABELS = ("gpu", "uuid")
+ENGINE_LABELS = ("engine", "kind", "model")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric family.
+
+    ``name`` is the family name as exposed; counters are declared with ``_total`` and info
+    metrics with ``_info``. ``unit`` is the base unit the name ends in (for the docs).
+    """
+
+    name: str
+    type: MetricType
+    unit: str
+    help: str
+    labels: tuple[str, ...]
+    group: str
+
+
+def _gpu(name: str, type_: MetricType, unit: str, help_: str) -> MetricSpec:
+    return MetricSpec(PREFIX + name, type_, unit, help_, GPU_LABELS, "gpu")
+
+
+def _engine(name: str, type_: MetricType, unit: str, help_: str,
+            labels: tuple[str, ...] = ENGINE_LABELS) -> MetricSpec:
+    return MetricSpec(PREFIX + name, type_, unit, help_, labels, "engine")
+
+
+def _self(name: str, type_: MetricType, unit: str, help_: str, labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(PREFIX + name, type_, unit, help_, labels, "self")
+
+
+WINDOW_NOTE = "over the last {window} (--window)"
+LATENCY_NOTE = ("Quantiles from the engine histogram's bucket increase " + WINDOW_NOTE
+                + ", interpolated as PromQL histogram_quantile; _count and _sum are the engine's cumulative "
+                  "values.")
+
+CATALOG: tuple[MetricSpec, ...] = (
+    # --- GPUs, read through NVML ---
+    MetricSpec(PREFIX + "gpu_info", "info", "", "GPU identity from NVML; value 1.",
+               ("gpu", "uuid", "name", "driver_version"), "gpu"),
+    _gpu("gpu_utilization_ratio", "gauge", "ratio",
+         "Fraction of the last sample period in which a kernel ran on the GPU (NVML utilization.gpu)."),
+    _gpu("gpu_memory_bandwidth_utilization_ratio", "gauge", "ratio",
+         "Fraction of the last sample period in which device memory was read or written "
+         "(NVML utilization.memory)."),
+    _gpu("gpu_memory_used_bytes", "gauge", "bytes", "Device memory in use (NVML memory info)."),
+    _gpu("gpu_memory_total_bytes", "gauge", "bytes", "Device memory installed (NVML memory info)."),
+    _gpu("gpu_power_watts", "gauge", "watts", "Power draw (NVML power usage)."),
+    _gpu("gpu_power_limit_watts", "gauge", "watts", "Enforced power limit (NVML enforced power limit)."),
+    _gpu("gpu_temperature_celsius", "gauge", "celsius", "GPU core temperature."),
+    _gpu("gpu_sm_clock_hertz", "gauge", "hertz", "Streaming multiprocessor clock."),
+    _gpu("gpu_energy_joules_total", "counter", "joules",
+         "Energy consumed since the driver was loaded (NVML total energy consumption)."),
+    # --- engines ---
+    _engine("engine_up", "gauge", "",
+            "1 if the engine's /metrics was read and parsed in the last collection, else 0."),
+    _engine("engine_info", "info", "", "Engine identity from its metrics and identity endpoint; value 1.",
+            ("engine", "kind", "model", "version")),
+    _engine("engine_gpu_info", "info", "",
+            "GPUs an engine uses (--engine-gpus, or the default split); value 1.", ("engine", "gpu", "uuid")),
+    _engine("engine_gpu_memory_used_bytes", "gauge", "bytes",
+            "Device memory used by the processes NVML lists on the engine's GPUs."),
+    _engine("time_to_first_token_seconds", "summary", "seconds",
+            "Time to first token. " + LATENCY_NOTE),
+    _engine("time_per_output_token_seconds", "summary", "seconds",
+            "Mean time per output token of each finished request (vLLM request_time_per_output_token, "
+            "older vLLM time_per_output_token, TGI mean_time_per_token). " + LATENCY_NOTE),
+    _engine("inter_token_latency_seconds", "summary", "seconds",
+            "Time between consecutive streamed outputs (engines that report it). " + LATENCY_NOTE),
+    _engine("e2e_request_latency_seconds", "summary", "seconds",
+            "End-to-end request latency in the engine. " + LATENCY_NOTE),
+    _engine("queue_time_seconds", "summary", "seconds",
+            "Time requests waited in the engine's queue. " + LATENCY_NOTE),
+    _engine("prompt_tokens_per_second", "gauge", "tokens per second",
+            "Prompt (prefill) tokens processed per second " + WINDOW_NOTE + "."),
+    _engine("generation_tokens_per_second", "gauge", "tokens per second",
+            "Generated (decode) tokens per second " + WINDOW_NOTE + "."),
+    _engine("requests_per_second", "gauge", "requests per second",
+            "Requests finished per second " + WINDOW_NOTE + "."),
+    _engine("preemptions_per_second", "gauge", "preemptions per second",
+            "Requests preempted per second " + WINDOW_NOTE + " (KV cache pressure)."),
+    _engine("prefix_cache_hit_ratio", "gauge", "ratio",
+            "Prefix cache hits per query token " + WINDOW_NOTE + "."),
+    _engine("requests_running", "gauge", "requests", "Requests in the running batch."),
+    _engine("requests_waiting", "gauge", "requests", "Requests waiting in the engine's queue."),
+    _engine("kv_cache_usage_ratio", "gauge", "ratio",
+            "Fraction of the KV cache in use (vLLM kv_cache_usage_perc; TGI current batch max tokens over "
+            "max batch total tokens)."),
+    _engine("kv_cache_capacity_tokens", "gauge", "tokens",
+            "Tokens the KV cache holds (vLLM num_gpu_blocks x block_size; TGI max_batch_total_tokens)."),
+    # --- the exporter itself ---
+    _self("collector_success", "gauge", "",
+          "1 if the collector's last run succeeded, else 0 (collector = nvml or engine/NAME).", ("collector",)),
+    _self("collector_duration_seconds", "gauge", "seconds",
+          "Wall time of the collector's last run.", ("collector",)),
+    _self("collector_errors_total", "counter", "",
+          "Failed collector runs since the exporter started.", ("collector",)),
+    _self("last_collect_timestamp_seconds", "gauge", "seconds",
+          "Unix time at which the snapshot being served was collected."),
+    _self("window_seconds", "gauge", "seconds", "Sliding window for rates and quantiles (--window)."),
+    _self("build_info", "info", "", "infermeter build; value 1.", ("version",)),
+)
+
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
+
+
+def spec(name: str) -> MetricSpec:
+    """The catalogue entry for ``name`` (with or without the ``infermeter_`` prefix)."""
+    return BY_NAME[name if name.startswith(PREFIX) else PREFIX + name]
+
+
+def help_text(metric: MetricSpec, window_seconds: float) -> str:
+    """HELP text with the configured window filled in."""
+    return metric.help.format(window=f"{window_seconds:g}s")
+
+
+def markdown_table() -> str:
+    """The README metric table."""
+    rows = ["| Metric | Type | Labels | Description |", "| --- | --- | --- | --- |"]
+    for m in CATALOG:
+        labels = ", ".join(f"`{label}`" for label in m.labels)
+        rows.append(f"| `{m.name}` | {m.type} | {labels} | {m.help.format(window='window')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

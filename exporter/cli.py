@@ -1,0 +1,97 @@
+"""The ``infermeter`` command: parse settings, wire sources -> collection -> collector -> server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from exporter import __version__
+from exporter.collection import NVML, Collection, NvmlReader
+from exporter.collector import SnapshotCollector
+from exporter.config import Config, ConfigError, describe, load_config
+from exporter.scheduler import start_scheduler
+from exporter.server import Server, make_app
+from exporter.sources import SourceError
+from exporter.sources.engine import EngineSource
+
+log = logging.getLogger("infermeter")
+
+
+def _nvml_source(config: Config) -> tuple[NvmlReader | None, bool]:
+    """The NVML source (None when disabled) and whether its first read worked."""
+    if not config.nvml:
+        log.info("NVML collector disabled (--no-collector.nvml): no GPU metrics")
+        return None, False
+    from exporter.sources.nvml import NvmlSource
+
+    source = NvmlSource()
+    try:
+        reading = source.read()
+    except SourceError as err:
+        log.warning("NVML unavailable: %s. GPU metrics are off until it appears (retried every %gs; "
+                    "--no-collector.nvml silences this)", err, config.interval)
+        return source, False
+    names = ", ".join(sorted({g.name for g in reading.gpus})) or "none"
+    log.info("NVML: driver %s, %d GPU(s): %s", reading.driver_version or "?", len(reading.gpus), names)
+    return source, True
+
+
+def run(config: Config, stop: threading.Event) -> int:
+    """Run until ``stop`` is set."""
+    nvml, nvml_ok = _nvml_source(config)
+    engines = [EngineSource(t, config.timeout, config.max_body_bytes) for t in config.engines]
+    if not engines:
+        log.warning("no engine configured (--engine URL): serving GPU and exporter metrics only")
+    collection = Collection(config, nvml, engines)
+    if nvml is not None and not nvml_ok:
+        collection.known_failing(NVML)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SnapshotCollector(lambda: collection.snapshot))
+    try:
+        server = Server(config.listen_host, config.listen_port,
+                        make_app(registry, lambda: collection.snapshot, config.interval))
+    except OSError as err:
+        log.error("cannot listen on %s:%d: %s (--listen)", config.listen_host, config.listen_port,
+                  err.strerror or err)
+        collection.close()
+        return 1
+    server.start()
+    log.info("infermeter %s serving http://%s:%d/metrics (interval %gs, window %gs)", __version__,
+             config.listen_host, server.port, config.interval, config.window)
+    scheduler = start_scheduler(collection, config.interval)
+    stop.wait()
+    log.info("stopping")
+    scheduler.shutdown(wait=False)
+    server.stop()
+    collection.close()
+    close_nvml = getattr(nvml, "close", None)
+    if close_nvml is not None:
+        close_nvml()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as err:
+        print(f"infermeter: configuration error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("configuration: %s", describe(config))
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return run(config, stop)

@@ -1,0 +1,203 @@
+"""One collection cycle: read every source concurrently within a deadline, derive, and build the
+immutable snapshot that scrapes serve.
+
+A source still busy from an earlier cycle (a hung engine or NVML call) is not started again; it
+counts as failed until it returns, and never delays the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exporter.catalog import QUANTILES
+from exporter.config import Config
+from exporter.derive.assignment import assign_gpus
+from exporter.derive.engine import EngineStats, engine_stats
+from exporter.derive.window import SampleWindow
+from exporter.samples import GpuSample, NvmlReading
+from exporter.sources import SourceError
+from exporter.sources.engine import EngineReading, EngineSource
+
+log = logging.getLogger(__name__)
+
+NVML = "nvml"
+
+
+def engine_collector(name: str) -> str:
+    """The ``collector`` label value of an engine."""
+    return f"engine/{name}"
+
+
+class NvmlReader(Protocol):
+    def read(self) -> NvmlReading: ...
+
+
+@dataclass(frozen=True)
+class CollectorStatus:
+    success: bool
+    duration_seconds: float
+    errors_total: int
+
+
+@dataclass(frozen=True)
+class EngineView:
+    """What the collector exports for one engine."""
+
+    name: str
+    up: bool
+    kind: str = ""
+    model: str = ""
+    version: str = ""
+    stats: EngineStats | None = None
+    gpus: tuple[GpuSample, ...] = ()
+    gpu_memory_used_bytes: float | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape serves; replaced whole after each cycle, never mutated."""
+
+    timestamp: float | None
+    window_seconds: float
+    nvml: NvmlReading | None = None
+    engines: tuple[EngineView, ...] = ()
+    collectors: Mapping[str, CollectorStatus] = field(default_factory=dict)
+
+
+@dataclass
+class _Identity:
+    kind: str = ""
+    model: str = ""
+    version: str = ""
+
+
+class Collection:
+    """Owns the sources, their windows and error counts; ``run_once`` makes the next snapshot."""
+
+    def __init__(self, config: Config, nvml: NvmlReader | None, engines: Sequence[EngineSource],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._nvml = nvml
+        self._engines = list(engines)
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=len(self._engines) + 1, thread_name_prefix="infermeter-read")
+        self._in_flight: dict[str, Future[tuple[object, float]]] = {}
+        self._windows = {e.target.name: SampleWindow(config.window) for e in self._engines}
+        self._identity = {e.target.name: _Identity() for e in self._engines}
+        self._errors: dict[str, int] = {}
+        self._ok: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self.snapshot = Snapshot(timestamp=None, window_seconds=config.window)
+
+    def known_failing(self, collector: str) -> None:
+        """The caller already told the user this collector fails: log its failures at debug only."""
+        self._ok[collector] = False
+
+    def _sources(self) -> dict[str, Callable[[], object]]:
+        sources: dict[str, Callable[[], object]] = {}
+        if self._nvml is not None:
+            sources[NVML] = self._nvml.read
+        for engine in self._engines:
+            sources[engine_collector(engine.target.name)] = engine.read
+        return sources
+
+    def run_once(self) -> Snapshot:
+        """Read all sources, derive, and swap in a new snapshot (also returned)."""
+        with self._lock:  # the scheduler never overlaps runs; this guards direct callers
+            started = time.monotonic()
+            deadline = started + self.config.timeout + 0.2
+            futures: dict[str, Future[tuple[object, float]]] = {}
+            for name, read in self._sources().items():
+                previous = self._in_flight.get(name)
+                if previous is not None and not previous.done():
+                    continue
+                futures[name] = self._pool.submit(_timed, read)
+                self._in_flight[name] = futures[name]
+            wait(list(futures.values()), timeout=max(deadline - time.monotonic(), 0.0))
+            results: dict[str, object] = {}
+            statuses: dict[str, CollectorStatus] = {}
+            for name in self._sources():
+                future = futures.get(name)
+                duration = time.monotonic() - started
+                if future is None:
+                    error: str | None = "still busy with the previous collection (hung source)"
+                elif not future.done():
+                    error = f"no answer within {self.config.timeout:g}s (--timeout)"
+                else:
+                    error = None
+                    try:
+                        value, duration = future.result()
+                        results[name] = value
+                    except SourceError as err:
+                        error = str(err)
+                    except Exception as err:  # a bug or an unexpected library error must not stop collection
+                        log.exception("collector %s failed unexpectedly", name)
+                        error = f"unexpected {type(err).__name__}: {err}"
+                statuses[name] = self._record(name, error, duration)
+            self.snapshot = self._build(results, statuses)
+            return self.snapshot
+
+    def _record(self, name: str, error: str | None, duration: float) -> CollectorStatus:
+        was_ok = self._ok.get(name)
+        if error is not None:
+            self._errors[name] = self._errors.get(name, 0) + 1
+            if was_ok is not False:
+                log.warning("%s: %s", _describe(name), error)
+            else:
+                log.debug("%s: still failing: %s", _describe(name), error)
+        elif was_ok is False:
+            log.info("%s: recovered", _describe(name))
+        elif was_ok is None:
+            log.info("%s: ok", _describe(name))
+        self._ok[name] = error is None
+        return CollectorStatus(error is None, duration, self._errors.get(name, 0))
+
+    def _build(self, results: Mapping[str, object], statuses: Mapping[str, CollectorStatus]) -> Snapshot:
+        nvml = results.get(NVML)
+        reading = nvml if isinstance(nvml, NvmlReading) else None
+        gpus = {g.index: g for g in reading.gpus} if reading else {}
+        names = [e.target.name for e in self._engines]
+        assignment = assign_gpus(names, sorted(gpus), self.config.engine_gpus)
+        views = []
+        for name in names:
+            result = results.get(engine_collector(name))
+            identity = self._identity[name]
+            window = self._windows[name]
+            stats = None
+            if isinstance(result, EngineReading):
+                window.add(result.sample)
+                identity.kind = result.sample.kind
+                identity.model = result.identity.model or result.sample.model_label or identity.model
+                identity.version = result.identity.version or ""
+                stats = engine_stats(window.samples(), QUANTILES)
+            engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
+            views.append(EngineView(
+                name=name, up=stats is not None, kind=identity.kind, model=identity.model,
+                version=identity.version, stats=stats, gpus=engine_gpus,
+                gpu_memory_used_bytes=_process_memory(engine_gpus)))
+        return Snapshot(timestamp=self._clock(), window_seconds=self.config.window, nvml=reading,
+                        engines=tuple(views), collectors=dict(statuses))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _timed(read: Callable[[], object]) -> tuple[object, float]:
+    started = time.monotonic()
+    value = read()
+    return value, time.monotonic() - started
+
+
+def _process_memory(gpus: Sequence[GpuSample]) -> float | None:
+    used = [p.used_memory_bytes for g in gpus for p in (g.processes or ()) if p.used_memory_bytes is not None]
+    return sum(used) if used else None
+
+
+def _describe(collector: str) -> str:
+    return "NVML" if collector == NVML else collector.replace("engine/", "engine ", 1)

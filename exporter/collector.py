@@ -1,0 +1,162 @@
+"""The Prometheus collector: turns the latest snapshot into metric families, with no I/O.
+
+Example exposition::
+
+    infermeter_gpu_power_watts{gpu="0",uuid="GPU-8f6c..."} 512.3
+    infermeter_engine_up{engine="llama",kind="vllm",model="meta-llama/Llama-3.1-8B-Instruct"} 1
+    infermeter_time_to_first_token_seconds{engine="llama",kind="vllm",model="...",quantile="0.95"} 0.21
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.catalog import CATALOG, MetricSpec, help_text
+from exporter.collection import Snapshot
+from exporter.samples import GpuSample
+
+# GPU gauge/counter name -> GpuSample field
+GPU_FIELDS: dict[str, str] = {
+    "infermeter_gpu_utilization_ratio": "utilization_ratio",
+    "infermeter_gpu_memory_bandwidth_utilization_ratio": "memory_bandwidth_utilization_ratio",
+    "infermeter_gpu_memory_used_bytes": "memory_used_bytes",
+    "infermeter_gpu_memory_total_bytes": "memory_total_bytes",
+    "infermeter_gpu_power_watts": "power_watts",
+    "infermeter_gpu_power_limit_watts": "power_limit_watts",
+    "infermeter_gpu_temperature_celsius": "temperature_celsius",
+    "infermeter_gpu_sm_clock_hertz": "sm_clock_hertz",
+    "infermeter_gpu_energy_joules_total": "energy_joules",
+}
+
+# summary name -> canonical histogram
+LATENCIES: dict[str, str] = {
+    "infermeter_time_to_first_token_seconds": "time_to_first_token",
+    "infermeter_time_per_output_token_seconds": "time_per_output_token",
+    "infermeter_inter_token_latency_seconds": "inter_token_latency",
+    "infermeter_e2e_request_latency_seconds": "e2e_request_latency",
+    "infermeter_queue_time_seconds": "queue_time",
+}
+
+ENGINE_GAUGES: dict[str, str] = {
+    "infermeter_requests_running": "requests_running",
+    "infermeter_requests_waiting": "requests_waiting",
+    "infermeter_kv_cache_usage_ratio": "kv_cache_usage_ratio",
+    "infermeter_kv_cache_capacity_tokens": "kv_cache_capacity_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One sample: family name, sample-name suffix (``_count``, ``_sum`` or ""), labels, value."""
+
+    family: str
+    labels: dict[str, str]
+    value: float
+    suffix: str = ""
+
+
+def _gpu_labels(gpu: GpuSample) -> dict[str, str]:
+    return {"gpu": str(gpu.index), "uuid": gpu.uuid}
+
+
+def gpu_points(snapshot: Snapshot) -> Iterator[Point]:
+    if snapshot.nvml is None:
+        return
+    for gpu in snapshot.nvml.gpus:
+        labels = _gpu_labels(gpu)
+        yield Point("infermeter_gpu_info", {**labels, "name": gpu.name,
+                                            "driver_version": snapshot.nvml.driver_version or ""}, 1)
+        for family, field_name in GPU_FIELDS.items():
+            value = getattr(gpu, field_name)
+            if value is not None:
+                yield Point(family, labels, value)
+
+
+def engine_points(snapshot: Snapshot) -> Iterator[Point]:
+    for engine in snapshot.engines:
+        labels = {"engine": engine.name, "kind": engine.kind, "model": engine.model}
+        yield Point("infermeter_engine_up", labels, 1 if engine.up else 0)
+        for gpu in engine.gpus:
+            yield Point("infermeter_engine_gpu_info", {"engine": engine.name, **_gpu_labels(gpu)}, 1)
+        if engine.gpu_memory_used_bytes is not None:
+            yield Point("infermeter_engine_gpu_memory_used_bytes", labels, engine.gpu_memory_used_bytes)
+        if engine.stats is None:
+            continue
+        yield Point("infermeter_engine_info", {**labels, "version": engine.version}, 1)
+        stats = engine.stats
+        for family, histogram in LATENCIES.items():
+            summary = stats.latency.get(histogram)
+            if summary is None:
+                continue
+            for q, value in summary.quantiles.items():
+                yield Point(family, {**labels, "quantile": f"{q:g}"}, value)
+            yield Point(family, labels, summary.count, "_count")
+            yield Point(family, labels, summary.sum, "_sum")
+        for name, value in stats.rates.items():
+            yield Point("infermeter_" + name, labels, value)
+        if stats.prefix_cache_hit_ratio is not None:
+            yield Point("infermeter_prefix_cache_hit_ratio", labels, stats.prefix_cache_hit_ratio)
+        for family, gauge in ENGINE_GAUGES.items():
+            if gauge in stats.gauges:
+                yield Point(family, labels, stats.gauges[gauge])
+
+
+def self_points(snapshot: Snapshot) -> Iterator[Point]:
+    for collector, status in sorted(snapshot.collectors.items()):
+        labels = {"collector": collector}
+        yield Point("infermeter_collector_success", labels, 1 if status.success else 0)
+        yield Point("infermeter_collector_duration_seconds", labels, status.duration_seconds)
+        yield Point("infermeter_collector_errors_total", labels, status.errors_total)
+    if snapshot.timestamp is not None:
+        yield Point("infermeter_last_collect_timestamp_seconds", {}, snapshot.timestamp)
+    yield Point("infermeter_window_seconds", {}, snapshot.window_seconds)
+    yield Point("infermeter_build_info", {"version": __version__}, 1)
+
+
+POINTS: tuple[Callable[[Snapshot], Iterator[Point]], ...] = (gpu_points, engine_points, self_points)
+
+
+def _family(spec: MetricSpec, window_seconds: float) -> Metric:
+    name = spec.name
+    if spec.type == "counter":
+        name = name.removesuffix("_total")
+    elif spec.type == "info":
+        name = name.removesuffix("_info")
+    return Metric(name, help_text(spec, window_seconds), spec.type)
+
+
+def _sample_name(spec: MetricSpec, point: Point) -> str:
+    return spec.name + point.suffix
+
+
+class SnapshotCollector(Collector):
+    """Serves whatever snapshot ``current()`` returns; safe to call from many scrape threads."""
+
+    def __init__(self, current: Callable[[], Snapshot]) -> None:
+        self._current = current
+
+    def describe(self) -> Iterator[Metric]:
+        window = self._current().window_seconds
+        for spec in CATALOG:
+            yield _family(spec, window)
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._current()
+        by_family: dict[str, list[Point]] = defaultdict(list)
+        for make_points in POINTS:
+            for point in make_points(snapshot):
+                by_family[point.family].append(point)
+        for spec in CATALOG:
+            points = by_family.get(spec.name)
+            if not points:
+                continue
+            family = _family(spec, snapshot.window_seconds)
+            for point in points:
+                family.add_sample(_sample_name(spec, point), point.labels, float(point.value))
+            yield family

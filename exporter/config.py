@@ -1,0 +1,373 @@
+"""Settings, declared once as data: each has a flag, an environment variable and a config-file key.
+
+Precedence: flag > environment (``INFERMETER_<FLAG_NAME>``) > config file (``--config``, YAML or
+TOML) > default. Every value is validated at start; a bad one raises :class:`ConfigError` with one
+line naming the setting, where it came from and what to fix.
+Run ``python -m exporter.config`` to print the README's CLI reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from exporter import __version__
+
+DEFAULT_PORT = 9416
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message is one line that says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """An inference server to read: its name (a label value) and base URL."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration the exporter runs with."""
+
+    engines: tuple[EngineTarget, ...] = ()
+    engine_gpus: Mapping[str, tuple[int, ...]] | None = None
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    interval: float = 5.0
+    window: float = 300.0
+    timeout: float = 4.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    nvml: bool = True
+    log_level: str = "info"
+
+
+# --- value parsers: each takes the raw value and returns it typed, or raises ValueError(what's wrong) ---
+
+def _positive_seconds(raw: object) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _positive_int(raw: object) -> int:
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise ValueError(f"expected a positive whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"expected a positive whole number, got {raw!r}")
+    return value
+
+
+def _boolean(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _log_level(raw: object) -> str:
+    text = str(raw).strip().lower()
+    if text not in {"debug", "info", "warning", "error"}:
+        raise ValueError(f"expected one of debug, info, warning, error; got {raw!r}")
+    return text
+
+
+def _listen(raw: object) -> tuple[str, int]:
+    text = str(raw).strip()
+    match = re.fullmatch(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT} or [::]:{DEFAULT_PORT}, got {raw!r}")
+    host = match.group("v6") or match.group("host") or "0.0.0.0"
+    if match.group("v6"):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    port = int(match.group("port"))
+    if port > 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return host, port
+
+
+def _engine(raw: object) -> EngineTarget:
+    text = str(raw).strip()
+    name, sep, url = text.partition("=")
+    if not sep or "://" in name:
+        name, url = "", text
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"expected [NAME=]URL with an http(s) URL such as http://127.0.0.1:8000, got {raw!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    path = parts.path.rstrip("/")
+    if path.endswith("/metrics"):  # a user pasted the metrics URL: the base is what we need
+        path = path[: -len("/metrics")]
+    base = f"{parts.scheme}://{parts.netloc}{path}"
+    if not name:
+        name = f"{parts.hostname}:{port or (443 if parts.scheme == 'https' else 80)}"
+    if not re.fullmatch(r"[A-Za-z0-9_.:\-\[\]/]+", name):
+        raise ValueError(f"engine name {name!r} may only hold letters, digits and _ . : - / [ ]")
+    return EngineTarget(name=name, url=base)
+
+
+def _engine_gpus(raw: object) -> tuple[str, tuple[int, ...]]:
+    text = str(raw).strip()
+    name, sep, indices = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"expected NAME=0,1 (engine name, GPU indices), got {raw!r}")
+    try:
+        gpus = tuple(int(i) for i in indices.split(",") if i.strip())
+    except ValueError:
+        raise ValueError(f"GPU indices must be whole numbers, got {indices!r}") from None
+    if not gpus or any(i < 0 for i in gpus):
+        raise ValueError(f"expected one or more GPU indices (0, 1, ...), got {indices!r}")
+    return name.strip(), gpus
+
+
+def _path(raw: object) -> str:
+    return str(raw)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``--NAME`` flag, ``INFERMETER_<NAME>`` variable, ``NAME`` key in the config file."""
+
+    name: str
+    help: str
+    parse: Callable[[object], Any]
+    default: object = None
+    metavar: str = ""
+    repeatable: bool = False
+    boolean: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name
+
+    @property
+    def env(self) -> str:
+        return "INFERMETER_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("engine", "Base URL of an inference server, e.g. http://127.0.0.1:8000; repeatable. NAME (a label "
+            "value) defaults to host:port. Reads URL/metrics and the identity endpoint (vLLM /v1/models, "
+            "TGI /info); the engine kind is detected from the metric names.",
+            _engine, (), "[NAME=]URL", repeatable=True),
+    Setting("engine-gpus", "GPU indices an engine uses (tensor parallel); repeatable. Without it one engine owns "
+            "every GPU, and several engines split the GPUs in order.",
+            _engine_gpus, (), "NAME=0,1", repeatable=True),
+    Setting("listen", "Address to serve /metrics on.", _listen, f"0.0.0.0:{DEFAULT_PORT}", "HOST:PORT"),
+    Setting("interval", "Collection period in seconds.", _positive_seconds, 5.0, "SECONDS"),
+    Setting("window", "Sliding window in seconds for rates and quantiles.", _positive_seconds, 300.0, "SECONDS"),
+    Setting("timeout", "Deadline in seconds for reading one source (engine or NVML); must be shorter than "
+            "--interval. Default: 0.8 x interval, at most 10.", _positive_seconds, None, "SECONDS"),
+    Setting("max-body-bytes", "Largest engine response read; longer bodies count as an error.",
+            _positive_int, 16 * 1024 * 1024, "BYTES"),
+    Setting("collector.nvml", "Read GPUs through NVML; --no-collector.nvml turns it off (e.g. beside "
+            "dcgm-exporter).", _boolean, True, boolean=True),
+    Setting("log-level", "debug, info, warning or error.", _log_level, "info", "LEVEL"),
+    Setting("config", "YAML or TOML file with any of these settings as keys.", _path, None, "FILE"),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infermeter",
+        description="Prometheus exporter for GPU nodes serving LLMs (NVML + vLLM/TGI). "
+                    "Every flag also reads INFERMETER_<FLAG> and a key in --config.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for s in SETTINGS:
+        if s.boolean:
+            parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction,
+                                help=f"{s.help} (default: {'on' if s.default else 'off'}; env {s.env})")
+        else:
+            default = "" if s.default in (None, ()) else f"; default {s.default}"
+            parser.add_argument(s.flag, dest=s.name, metavar=s.metavar or None,
+                                action="append" if s.repeatable else "store",
+                                help=f"{s.help} (env {s.env}{default})")
+    parser.add_argument("--version", action="version", version=f"infermeter {__version__}")
+    return parser
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and full.replace("_", "-") not in BY_NAME:
+            flat.update(_flatten(value, full + "."))
+        else:
+            flat[full.replace("_", "-")] = value
+    return flat
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a YAML or TOML config file into {setting name: raw value}."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"--config: cannot read {path}: {err.strerror or err}") from None
+    try:
+        if file.suffix.lower() == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - Python 3.10
+                import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+            data: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as err:  # both parsers raise their own error types
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"--config: {path} is not valid {file.suffix.lstrip('.').upper() or 'YAML'}: "
+                          f"{first_line}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"--config: {path} must hold a mapping of setting names to values")
+    flat = _flatten(data)
+    unknown = sorted(set(flat) - set(BY_NAME) - {"config"})
+    if unknown:
+        raise ConfigError(f"--config: {path}: unknown setting {unknown[0]!r}; known: {', '.join(BY_NAME)}")
+    return flat
+
+
+def _split_env_list(text: str) -> list[str]:
+    return [part for part in re.split(r"[\s;]+", text.strip()) if part]
+
+
+def _file_list(setting: Setting, value: object) -> list[object]:
+    if setting.name == "engine-gpus" and isinstance(value, Mapping):
+        return [f"{name}={','.join(str(i) for i in (gpus if isinstance(gpus, list) else [gpus]))}"
+                for name, gpus in value.items()]
+    if isinstance(value, list):
+        return list(value)
+    return [value]
+
+
+def _raw_values(args: Mapping[str, Any], env: Mapping[str, str],
+                file_values: Mapping[str, Any]) -> dict[str, tuple[object, str]]:
+    """Pick each setting's raw value by precedence, with a description of where it came from."""
+    chosen: dict[str, tuple[object, str]] = {}
+    for s in SETTINGS:
+        if s.name in args:
+            chosen[s.name] = (args[s.name], f"{s.flag}")
+        elif s.env in env and env[s.env].strip() != "":
+            raw_env = env[s.env]
+            chosen[s.name] = (_split_env_list(raw_env) if s.repeatable else raw_env, f"{s.env}")
+        elif s.name in file_values:
+            value = file_values[s.name]
+            chosen[s.name] = (_file_list(s, value) if s.repeatable else value, f"{s.name} in --config")
+        else:
+            chosen[s.name] = (s.default, "default")
+    return chosen
+
+
+def _parse(setting: Setting, raw: object, origin: str) -> Any:
+    try:
+        if setting.repeatable:
+            items = raw if isinstance(raw, (list, tuple)) else [raw]
+            return [setting.parse(item) for item in items]
+        return None if raw is None else setting.parse(raw)
+    except ValueError as err:
+        raise ConfigError(f"{setting.flag} ({origin}): {err}") from None
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the validated Config from flags, environment, the optional file and defaults."""
+    env = dict(environ) if environ is not None else {}
+    args = vars(_argument_parser().parse_args(argv))
+    config_path = args.get("config") or env.get(BY_NAME["config"].env) or None
+    file_values = load_file(config_path) if config_path else {}
+    raw = _raw_values(args, env, file_values)
+    values = {name: _parse(BY_NAME[name], value, origin) for name, (value, origin) in raw.items()}
+
+    engines: list[EngineTarget] = values["engine"]
+    names = [e.name for e in engines]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"--engine ({raw['engine'][1]}): engine name {duplicates[0]!r} is used twice; "
+                          "give each engine its own NAME=URL")
+    gpu_map: dict[str, tuple[int, ...]] = {}
+    for name, gpus in values["engine-gpus"]:
+        if name not in names:
+            raise ConfigError(f"--engine-gpus ({raw['engine-gpus'][1]}): no engine named {name!r}; "
+                              f"engines are: {', '.join(names) or 'none (add --engine)'}")
+        gpu_map[name] = gpus
+
+    interval: float = values["interval"]
+    window: float = values["window"]
+    if window < 2 * interval:
+        raise ConfigError(f"--window ({raw['window'][1]}): {window:g}s is too short; it must be at least twice "
+                          f"--interval ({interval:g}s) so that a rate has two samples")
+    timeout: float | None = values["timeout"]
+    if timeout is None:
+        timeout = min(0.8 * interval, 10.0)
+    elif timeout >= interval:
+        raise ConfigError(f"--timeout ({raw['timeout'][1]}): {timeout:g}s must be shorter than --interval "
+                          f"({interval:g}s)")
+    host, port = values["listen"]
+    return Config(
+        engines=tuple(engines),
+        engine_gpus=gpu_map or None,
+        listen_host=host,
+        listen_port=port,
+        interval=interval,
+        window=window,
+        timeout=timeout,
+        max_body_bytes=values["max-body-bytes"],
+        nvml=values["collector.nvml"],
+        log_level=values["log-level"],
+    )
+
+
+def markdown_reference() -> str:
+    """The README's CLI reference table."""
+    rows = ["| Flag | Environment | Config key | Default | Description |", "| --- | --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        flag = f"`{s.flag}` / `--no-{s.name}`" if s.boolean else f"`{s.flag} {s.metavar}`"
+        default = "on" if s.default is True else ("" if s.default in (None, ()) else f"`{s.default}`")
+        key = "" if s.name == "config" else f"`{s.name}`"
+        rows.append(f"| {flag} | `{s.env}` | {key} | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+def describe(config: Config) -> str:
+    """A one-line JSON summary of the effective configuration, for the start-up log."""
+    return json.dumps({
+        "engines": {e.name: e.url for e in config.engines},
+        "engine_gpus": config.engine_gpus,
+        "listen": f"{config.listen_host}:{config.listen_port}",
+        "interval": config.interval, "window": config.window, "timeout": config.timeout,
+        "nvml": config.nvml,
+    }, default=list)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_reference())

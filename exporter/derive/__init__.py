@@ -1,0 +1,1 @@
+"""Derivations: pure functions of samples and specs."""

@@ -1,0 +1,71 @@
+"""Windowed engine statistics: latency quantiles, throughput rates, cache hit ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from exporter.derive.quantiles import quantiles
+from exporter.derive.rates import counter_increase, counter_rate, histogram_increase
+from exporter.samples import EngineSample
+
+# canonical counter -> exported rate
+RATES: Mapping[str, str] = {
+    "prompt_tokens": "prompt_tokens_per_second",
+    "generation_tokens": "generation_tokens_per_second",
+    "requests_finished": "requests_per_second",
+    "preemptions": "preemptions_per_second",
+}
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Quantiles over the window (empty when nothing finished in it) and the engine's cumulative count/sum."""
+
+    quantiles: Mapping[float, float]
+    count: float
+    sum: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    latency: Mapping[str, LatencySummary] = field(default_factory=dict)
+    rates: Mapping[str, float] = field(default_factory=dict)
+    prefix_cache_hit_ratio: float | None = None
+    gauges: Mapping[str, float] = field(default_factory=dict)
+
+
+def _counter_series(samples: Sequence[EngineSample], key: str) -> tuple[list[float], list[float]]:
+    times = [s.timestamp for s in samples if key in s.counters]
+    values = [s.counters[key] for s in samples if key in s.counters]
+    return times, values
+
+
+def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> EngineStats:
+    """Statistics of a window of samples of one engine, oldest first."""
+    if not samples:
+        return EngineStats()
+    latest = samples[-1]
+    latency: dict[str, LatencySummary] = {}
+    for name, current in latest.histograms.items():
+        window = [s.histograms[name] for s in samples if name in s.histograms]
+        delta = histogram_increase(window)
+        latency[name] = LatencySummary(quantiles(qs, delta) if delta is not None else {},
+                                       current.count, current.sum)
+    rates: dict[str, float] = {}
+    for counter, exported in RATES.items():
+        if counter in latest.counters:
+            rate = counter_rate(*_counter_series(samples, counter))
+            if rate is not None:
+                rates[exported] = rate
+    return EngineStats(latency, rates, _prefix_hit_ratio(samples), dict(latest.gauges))
+
+
+def _prefix_hit_ratio(samples: Sequence[EngineSample]) -> float | None:
+    latest = samples[-1]
+    if "prefix_cache_queries" in latest.counters and "prefix_cache_hits" in latest.counters:
+        with_both = [s for s in samples if "prefix_cache_queries" in s.counters and "prefix_cache_hits" in s.counters]
+        queries = counter_increase([s.counters["prefix_cache_queries"] for s in with_both])
+        hits = counter_increase([s.counters["prefix_cache_hits"] for s in with_both])
+        return min(hits / queries, 1.0) if len(with_both) >= 2 and queries > 0 else None
+    return latest.gauges.get("prefix_cache_hit_ratio")

@@ -1,0 +1,97 @@
+"""Plain typed samples: what the sources hand to the derivations, in base units.
+
+A field a GPU or engine does not provide is ``None`` (never 0 or NaN); the collector then
+emits no series for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A compute process NVML lists on one GPU."""
+
+    pid: int
+    used_memory_bytes: float | None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU read once through NVML, converted to base units."""
+
+    index: int
+    uuid: str
+    name: str
+    utilization_ratio: float | None = None
+    memory_bandwidth_utilization_ratio: float | None = None
+    memory_used_bytes: float | None = None
+    memory_total_bytes: float | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    temperature_celsius: float | None = None
+    sm_clock_hertz: float | None = None
+    energy_joules: float | None = None
+    # None: NVML could not list processes (unsupported, or not visible from this PID namespace).
+    processes: tuple[GpuProcess, ...] | None = None
+
+
+@dataclass(frozen=True)
+class NvmlReading:
+    """Every GPU NVML could read in one pass."""
+
+    driver_version: str | None
+    gpus: tuple[GpuSample, ...]
+    # Indices of GPUs NVML lists but could not read this pass (lost, fallen off the bus).
+    failed_gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A classic Prometheus histogram: cumulative counts per upper bound, the last bound +Inf."""
+
+    bounds: tuple[float, ...]
+    cumulative_counts: tuple[float, ...]
+    sum: float
+    count: float
+
+    def __post_init__(self) -> None:
+        if len(self.bounds) != len(self.cumulative_counts):
+            raise ValueError("a histogram needs one count per bound")
+        if not self.bounds or self.bounds[-1] != math.inf:
+            raise ValueError("a histogram's last bound must be +Inf")
+
+
+@dataclass(frozen=True)
+class EngineSample:
+    """One scrape of an inference server, mapped onto infermeter's canonical fields.
+
+    ``counters`` keys: prompt_tokens, generation_tokens, requests_finished, preemptions,
+    prefix_cache_queries, prefix_cache_hits.
+    ``gauges`` keys: requests_running, requests_waiting, kv_cache_usage_ratio,
+    kv_cache_capacity_tokens, prefix_cache_hit_ratio (engines that only report a ratio).
+    ``histograms`` keys: time_to_first_token, time_per_output_token, inter_token_latency,
+    e2e_request_latency, queue_time.
+    Only what the engine reported is present.
+    """
+
+    timestamp: float
+    kind: str
+    counters: Mapping[str, float] = field(default_factory=dict)
+    gauges: Mapping[str, float] = field(default_factory=dict)
+    histograms: Mapping[str, Histogram] = field(default_factory=dict)
+    # The model name the metrics carry (vLLM `model_name`), when they carry one.
+    model_label: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """What an engine's identity endpoint says about it (vLLM /v1/models + /version, TGI /info)."""
+
+    model: str | None = None
+    version: str | None = None
+    # TGI /info max_batch_total_tokens, where the build reports it.
+    max_batch_total_tokens: float | None = None

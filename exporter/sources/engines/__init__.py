@@ -1,0 +1,84 @@
+"""Engine adapters: map one engine's exposition onto infermeter's canonical fields.
+
+Each adapter is mostly data: for every canonical field, the engine's wire names in order of
+preference. During a deprecation window an engine serves the old and the new name with the same
+values; the first name present wins, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from exporter.samples import EngineIdentity, EngineSample, Histogram
+from exporter.sources import SourceError
+from exporter.sources.exposition import Exposition
+
+
+@dataclass(frozen=True)
+class EngineNames:
+    """Canonical field -> wire sample names (counters, gauges) or histogram names, preferred first."""
+
+    kind: str
+    prefix: str
+    counters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    gauges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    histograms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Label carrying the model name on the engine's series, if any.
+    model_label: str | None = None
+
+    def first_total(self, exposition: Exposition, candidates: tuple[str, ...]) -> float | None:
+        for name in candidates:
+            value = exposition.total(name)
+            if value is not None:
+                return value
+        return None
+
+    def first_histogram(self, exposition: Exposition, candidates: tuple[str, ...]) -> Histogram | None:
+        for name in candidates:
+            histogram = exposition.histogram(name)
+            if histogram is not None:
+                return histogram
+        return None
+
+    def model_in_labels(self, exposition: Exposition) -> str | None:
+        if self.model_label is None:
+            return None
+        for name in exposition.names():
+            if name.startswith(self.prefix):
+                for labels, _ in exposition.series(name):
+                    if labels.get(self.model_label):
+                        return labels[self.model_label]
+        return None
+
+    def sample(self, exposition: Exposition, timestamp: float) -> EngineSample:
+        """The canonical sample from the name tables alone (adapters add engine-specific fields)."""
+        counters = {k: v for k, names in self.counters.items()
+                    if (v := self.first_total(exposition, names)) is not None}
+        gauges = {k: v for k, names in self.gauges.items()
+                  if (v := self.first_total(exposition, names)) is not None}
+        histograms = {k: h for k, names in self.histograms.items()
+                      if (h := self.first_histogram(exposition, names)) is not None}
+        return EngineSample(timestamp=timestamp, kind=self.kind, counters=counters, gauges=gauges,
+                            histograms=histograms, model_label=self.model_in_labels(exposition))
+
+
+def detect_kind(exposition: Exposition) -> str:
+    """The engine kind from its metric names; SourceError when none is recognised."""
+    names = list(exposition.names())
+    if any(n.startswith("vllm:") for n in names):
+        return "vllm"
+    if any(n.startswith("tgi_") for n in names):
+        return "tgi"
+    raise SourceError("no vLLM (vllm:*) or TGI (tgi_*) metrics in the response; is this an inference server's "
+                      "/metrics?")
+
+
+def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:
+    """Detect the engine kind and map its exposition to an EngineSample."""
+    from exporter.sources.engines import tgi, vllm
+
+    kind = detect_kind(exposition)
+    if kind == "vllm":
+        return vllm.adapt(exposition, timestamp)
+    return tgi.adapt(exposition, timestamp, identity)

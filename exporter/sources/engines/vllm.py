@@ -1,0 +1,118 @@
+"""vLLM: V0 (``vllm/engine/metrics.py``) and V1 (``vllm/v1/metrics/loggers.py``) metric names.
+
+Sources read: vLLM V1 ``PrometheusStatLogger`` (v0.10.x and v0.12-era) and V0 ``Metrics`` (~v0.6);
+the renames and their deprecation windows are listed in docs/engines.md. Counters carry
+``_total`` on the wire. Series carry ``model_name`` and, since ~v0.9, ``engine`` (the
+data-parallel rank); ``cache_config_info`` carries ``engine`` but no ``model_name``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from exporter.samples import EngineIdentity, EngineSample
+from exporter.sources.engines import EngineNames
+from exporter.sources.exposition import Exposition
+
+NAMES = EngineNames(
+    kind="vllm",
+    prefix="vllm:",
+    model_label="model_name",
+    counters={
+        "prompt_tokens": ("vllm:prompt_tokens_total",),
+        "generation_tokens": ("vllm:generation_tokens_total",),
+        "requests_finished": ("vllm:request_success_total",),
+        "preemptions": ("vllm:num_preemptions_total",),
+        # renamed in 0.9 (gpu_prefix_cache_* deprecated, both served for a while)
+        "prefix_cache_queries": ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total"),
+        "prefix_cache_hits": ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total"),
+    },
+    gauges={
+        "requests_running": ("vllm:num_requests_running",),
+        "requests_waiting": ("vllm:num_requests_waiting",),
+        # V0 reported a hit-rate gauge instead of counters
+        "prefix_cache_hit_ratio": ("vllm:gpu_prefix_cache_hit_rate",),
+    },
+    histograms={
+        "time_to_first_token": ("vllm:time_to_first_token_seconds",),
+        # per-request TPOT since 0.11; before, time_per_output_token observed every inter-token gap
+        "time_per_output_token": ("vllm:request_time_per_output_token_seconds",
+                                  "vllm:time_per_output_token_seconds"),
+        # renamed in 0.11 from time_per_output_token_seconds (same observations)
+        "inter_token_latency": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+        "e2e_request_latency": ("vllm:e2e_request_latency_seconds",),
+        # V0 had time_in_queue_requests before request_queue_time_seconds
+        "queue_time": ("vllm:request_queue_time_seconds", "vllm:time_in_queue_requests"),
+    },
+)
+
+# renamed in 0.9: gpu_cache_usage_perc -> kv_cache_usage_perc (both 0..1 fractions)
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+CACHE_CONFIG = "vllm:cache_config_info"
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def kv_capacity_by_rank(exposition: Exposition) -> dict[str, float]:
+    """KV cache capacity in tokens per data-parallel rank, from cache_config_info labels."""
+    capacity: dict[str, float] = {}
+    for labels, _ in exposition.series(CACHE_CONFIG):
+        blocks, block_size = _number(labels.get("num_gpu_blocks")), _number(labels.get("block_size"))
+        tokens = blocks * block_size if blocks is not None and block_size is not None else None
+        if tokens is None:
+            tokens = _number(labels.get("kv_cache_size_tokens"))
+        if tokens is not None:
+            capacity[labels.get("engine", "")] = tokens
+    return capacity
+
+
+def kv_usage(exposition: Exposition, capacity: Mapping[str, float]) -> float | None:
+    """KV cache usage over all data-parallel ranks, weighted by each rank's capacity where known."""
+    for name in KV_USAGE:
+        series = [(labels.get("engine", ""), v) for labels, v in exposition.series(name) if math.isfinite(v)]
+        if not series:
+            continue
+        weights = [capacity.get(rank) for rank, _ in series]
+        if all(w is not None and w > 0 for w in weights):
+            total = math.fsum(w for w in weights if w is not None)
+            return math.fsum(v * w for (_, v), w in zip(series, weights, strict=True) if w is not None) / total
+        return math.fsum(v for _, v in series) / len(series)
+    return None
+
+
+def adapt(exposition: Exposition, timestamp: float) -> EngineSample:
+    base = NAMES.sample(exposition, timestamp)
+    capacity = kv_capacity_by_rank(exposition)
+    gauges = dict(base.gauges)
+    if capacity:
+        gauges["kv_cache_capacity_tokens"] = math.fsum(capacity.values())
+    usage = kv_usage(exposition, capacity)
+    if usage is not None:
+        gauges["kv_cache_usage_ratio"] = usage
+    return EngineSample(timestamp=base.timestamp, kind=base.kind, counters=base.counters, gauges=gauges,
+                        histograms=base.histograms, model_label=base.model_label)
+
+
+IDENTITY_PATHS = ("/v1/models", "/version")
+
+
+def identity(documents: Mapping[str, Any]) -> EngineIdentity:
+    """Model from /v1/models (the base model, not a LoRA adapter) and version from /version."""
+    model = None
+    models = documents.get("/v1/models")
+    if isinstance(models, Mapping) and isinstance(models.get("data"), list):
+        entries = [m for m in models["data"] if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
+        base = [m for m in entries if not m.get("parent")]
+        if base or entries:
+            model = (base or entries)[0]["id"]
+    version_doc = documents.get("/version")
+    version = version_doc.get("version") if isinstance(version_doc, Mapping) else None
+    return EngineIdentity(model=model, version=version if isinstance(version, str) else None)

@@ -1,0 +1,99 @@
+"""Parse a Prometheus text exposition body into samples indexed by their wire name.
+
+Parsing uses prometheus_client's own text parser. Samples are indexed by the name they carry
+on the wire (``vllm:prompt_tokens_total``, ``tgi_request_duration_bucket``), which does not
+depend on how a client library version names the family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.samples import Histogram
+from exporter.sources import SourceError
+
+Labels = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """Every sample of one scrape: wire name -> [(labels, value)], in exposition order."""
+
+    samples: Mapping[str, tuple[tuple[Labels, float], ...]]
+
+    def names(self) -> Iterable[str]:
+        return self.samples.keys()
+
+    def series(self, name: str) -> tuple[tuple[Labels, float], ...]:
+        return self.samples.get(name, ())
+
+    def has(self, name: str) -> bool:
+        return name in self.samples
+
+    def total(self, name: str) -> float | None:
+        """Sum of every series of ``name`` (data-parallel engines, finish reasons); None if absent."""
+        values = [v for _, v in self.series(name) if math.isfinite(v)]
+        return math.fsum(values) if values else None
+
+    def histogram(self, name: str) -> Histogram | None:
+        """The histogram ``name`` summed over its series (same bucket layout); None if absent or broken.
+
+        Series whose bounds differ from the first series' are left out (they cannot be added).
+        """
+        by_series: dict[tuple[tuple[str, str], ...], dict[float, float]] = defaultdict(dict)
+        for labels, value in self.series(name + "_bucket"):
+            try:
+                bound = float(labels["le"])
+            except (KeyError, ValueError):
+                continue
+            key = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
+            by_series[key][bound] = value
+        if not by_series:
+            return None
+        sums = {_key(labels): v for labels, v in self.series(name + "_sum")}
+        counts = {_key(labels): v for labels, v in self.series(name + "_count")}
+        layout: tuple[float, ...] | None = None
+        total = None
+        total_sum = 0.0
+        total_count = 0.0
+        for key, buckets in by_series.items():
+            bounds = tuple(sorted(buckets))
+            if not bounds or bounds[-1] != math.inf:
+                continue
+            values = [buckets[b] for b in bounds]
+            if not all(math.isfinite(v) for v in values):
+                continue
+            if layout is None:
+                layout, total = bounds, values
+            elif bounds == layout and total is not None:
+                total = [a + b for a, b in zip(total, values, strict=True)]
+            else:
+                continue
+            total_sum += sums.get(key, 0.0) if math.isfinite(sums.get(key, 0.0)) else 0.0
+            count = counts.get(key, values[-1])
+            total_count += count if math.isfinite(count) else values[-1]
+        if layout is None or total is None:
+            return None
+        return Histogram(bounds=layout, cumulative_counts=tuple(total), sum=total_sum, count=total_count)
+
+
+def _key(labels: Labels) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+def parse(text: str) -> Exposition:
+    """Parse exposition text; raise SourceError (one line) when it is not valid."""
+    samples: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name].append((dict(sample.labels), float(sample.value)))
+    except Exception as err:  # the parser raises ValueError, IndexError, TypeError on garbage
+        detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise SourceError(f"invalid Prometheus exposition: {detail}") from None
+    return Exposition({name: tuple(values) for name, values in samples.items()})

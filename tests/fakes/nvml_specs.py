@@ -1,0 +1,49 @@
+"""Ready-made specs for the fake pynvml (tests/fakes/pynvml_fake/pynvml.py); see its docstring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+H100_MEMORY_TOTAL = 85_520_809_984  # bytes, what NVML reports for an H100 80GB HBM3
+DRIVER_VERSION = "580.95.05"
+
+
+def h100_gpu(index: int) -> dict[str, Any]:
+    """One busy H100 running one vLLM worker; values differ a little per index."""
+    return {
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": f"GPU-{index:08x}-5b1c-4e2a-9f3d-0c1e2d3f4a5b",
+        "utilization_gpu": 87 - index,
+        "utilization_memory": 54 + index,
+        "memory_total": H100_MEMORY_TOTAL,
+        "memory_used": 70_000_000_000 + index * 1_000_000,
+        "power_mw": 512_345 + index * 1_000,
+        "power_limit_mw": 700_000,
+        "temperature": 61 + index,
+        "sm_clock_mhz": 1980,
+        "energy_mj": 123_456_789 + index * 1_000_000,
+        "energy_mj_per_read": 51_234,  # ~512 W over a 100 ms scrape interval
+        "processes": [{"pid": 4242 + index, "used_memory": 69_000_000_000}],
+        "not_supported": [],
+        "lost_after_reads": None,
+        "delay_seconds": 0,
+    }
+
+
+def h100_node(n_gpus: int = 8) -> dict[str, Any]:
+    """A node with ``n_gpus`` H100s (indices 0..n-1) on driver 580.95.05."""
+    return {"missing": False, "driver_version": DRIVER_VERSION, "gpus": [h100_gpu(i) for i in range(n_gpus)]}
+
+
+def missing_library() -> dict[str, Any]:
+    """A host without libnvidia-ml.so.1: nvmlInit raises NVMLError_LibraryNotFound."""
+    return {"missing": True, "gpus": []}
+
+
+def write_spec(path: str | Path, spec: dict[str, Any]) -> Path:
+    """Write ``spec`` as JSON to ``path`` (for INFERMETER_FAKE_NVML); returns the path."""
+    out = Path(path)
+    out.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    return out
