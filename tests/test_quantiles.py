@@ -106,7 +106,8 @@ def layouts(draw: st.DrawFn) -> tuple[list[float], list[float]]:
             counts.append(float(acc))
         if kind == "rates":  # per-second rates over a 5-minute window, as rate() would give
             counts = [c / 300.0 for c in counts]
-    if bounds and draw(st.booleans()):  # a duplicate bound with its own count
+    duplicate = draw(st.booleans())
+    if bounds and duplicate:  # a duplicate bound with its own count
         j = draw(st.integers(0, n - 1))
         bounds.append(bounds[j])
         counts.append(float(draw(st.integers(0, 5))))
@@ -281,6 +282,8 @@ def test_lowest_bucket() -> None:
     # upper bound <= 0: the bound itself
     assert histogram_quantile(0.5, [0.0, INF], [4.0, 4.0]) == 0.0
     assert histogram_quantile(0.5, [-3.0, INF], [4.0, 4.0]) == -3.0
+    # ... even when empty and q == 0 (no 0/0 interpolation happens for a bound <= 0)
+    assert histogram_quantile(0.0, [0.0, 1.0, INF], [0.0, 2.0, 2.0]) == 0.0
 
 
 def test_plus_inf_bucket_returns_second_highest_bound() -> None:

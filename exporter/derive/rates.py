@@ -128,7 +128,8 @@ def histogram_increase(hists: Sequence[Histogram]) -> Histogram | None:
     for c in counts:
         # Clamp below 0 and take the running maximum; a NaN count stays NaN (and so does
         # everything above it) rather than being silently replaced.
-        running = c if math.isnan(c) or math.isnan(running) else max(running, c)
+        if not math.isnan(running):
+            running = c if math.isnan(c) else max(running, c)
         monotone.append(running)
     return Histogram(
         bounds=tuple(bounds),

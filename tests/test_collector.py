@@ -1,0 +1,119 @@
+"""The collector maps a snapshot to exactly the catalogue's families and labels."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.catalog import BY_NAME, CATALOG
+from exporter.collection import CollectorStatus, EngineView, Snapshot
+from exporter.collector import SnapshotCollector
+from exporter.derive.engine import EngineStats, LatencySummary
+from exporter.samples import GpuProcess, GpuSample, NvmlReading
+
+GPU0 = GpuSample(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", utilization_ratio=0.87,
+                 memory_bandwidth_utilization_ratio=0.5, memory_used_bytes=7e10, memory_total_bytes=8.5e10,
+                 power_watts=512.3, power_limit_watts=700.0, temperature_celsius=61.0, sm_clock_hertz=1.98e9,
+                 energy_joules=123456.789, processes=(GpuProcess(42, 6.9e10),))
+GPU1 = GpuSample(index=1, uuid="GPU-1", name="NVIDIA H100 80GB HBM3", utilization_ratio=0.1)  # the rest unsupported
+
+
+def snapshot() -> Snapshot:
+    stats = EngineStats(
+        latency={"time_to_first_token": LatencySummary({0.5: 0.1, 0.99: 0.4}, count=10, sum=1.5),
+                 "e2e_request_latency": LatencySummary({}, count=10, sum=30.0)},
+        rates={"generation_tokens_per_second": 2310.5, "requests_per_second": 2.5},
+        prefix_cache_hit_ratio=0.25,
+        gauges={"requests_running": 3, "kv_cache_usage_ratio": 0.41, "kv_cache_capacity_tokens": 123456},
+    )
+    return Snapshot(
+        timestamp=1_700_000_000.0, window_seconds=300,
+        nvml=NvmlReading(driver_version="580.95.05", gpus=(GPU0, GPU1)),
+        engines=(EngineView("llama", True, "vllm", "meta-llama/Llama-3.1-8B", "0.10.2", stats, (GPU0,), 6.9e10),
+                 EngineView("down", False, "tgi", "", "", None, (GPU1,), None)),
+        collectors={"nvml": CollectorStatus(True, 0.01, 0), "engine/down": CollectorStatus(False, 0.5, 7)},
+    )
+
+
+def scrape(snap: Snapshot) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: snap))
+    families: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        families[family.name] = [(s.name, s.labels, s.value) for s in family.samples]
+    return families
+
+
+def value(families: dict[str, list[tuple[str, dict[str, str], float]]], sample: str, **labels: str) -> float | None:
+    for samples in families.values():
+        for name, got, v in samples:
+            if name == sample and all(got.get(k) == want for k, want in labels.items()):
+                return v
+    return None
+
+
+def test_every_family_and_label_set_is_declared_in_the_catalogue() -> None:
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(snapshot))
+    for metric in registry.collect():
+        sample_specs = {s.name: s for s in metric.samples}
+        for sample in metric.samples:
+            base = sample.name
+            for suffix in ("_count", "_sum"):
+                if metric.type == "summary" and base.endswith(suffix):
+                    base = base.removesuffix(suffix)
+            spec = BY_NAME[base]
+            assert spec.type == metric.type
+            extra = {"quantile"} if metric.type == "summary" and "quantile" in sample.labels else set()
+            assert set(sample.labels) == set(spec.labels) | extra, (sample.name, sample.labels)
+        assert sample_specs
+
+
+def test_gpu_values_in_base_units_and_unsupported_fields_absent() -> None:
+    families = scrape(snapshot())
+    assert value(families, "infermeter_gpu_power_watts", gpu="0") == 512.3
+    assert value(families, "infermeter_gpu_energy_joules_total", gpu="0") == 123456.789
+    assert value(families, "infermeter_gpu_info", gpu="1", name="NVIDIA H100 80GB HBM3",
+                 driver_version="580.95.05") == 1
+    assert value(families, "infermeter_gpu_utilization_ratio", gpu="1") == 0.1
+    assert value(families, "infermeter_gpu_power_watts", gpu="1") is None  # absent, not 0
+
+
+def test_engine_series() -> None:
+    families = scrape(snapshot())
+    llama = {"engine": "llama", "kind": "vllm", "model": "meta-llama/Llama-3.1-8B"}
+    assert value(families, "infermeter_engine_up", **llama) == 1
+    assert value(families, "infermeter_engine_info", version="0.10.2", **llama) == 1
+    assert value(families, "infermeter_time_to_first_token_seconds", quantile="0.99", **llama) == 0.4
+    assert value(families, "infermeter_time_to_first_token_seconds_count", **llama) == 10
+    assert value(families, "infermeter_e2e_request_latency_seconds_sum", **llama) == 30.0
+    assert value(families, "infermeter_e2e_request_latency_seconds", quantile="0.5") is None
+    assert value(families, "infermeter_generation_tokens_per_second", **llama) == 2310.5
+    assert value(families, "infermeter_prefix_cache_hit_ratio", **llama) == 0.25
+    assert value(families, "infermeter_kv_cache_capacity_tokens", **llama) == 123456
+    assert value(families, "infermeter_requests_waiting", **llama) is None
+    assert value(families, "infermeter_engine_gpu_memory_used_bytes", **llama) == 6.9e10
+    assert value(families, "infermeter_engine_gpu_info", engine="llama", gpu="0", uuid="GPU-0") == 1
+
+
+def test_down_engine_exports_up_zero_and_nothing_derived() -> None:
+    families = scrape(snapshot())
+    assert value(families, "infermeter_engine_up", engine="down", kind="tgi") == 0
+    assert value(families, "infermeter_engine_info", engine="down") is None
+    assert value(families, "infermeter_collector_success", collector="engine/down") == 0
+    assert value(families, "infermeter_collector_errors_total", collector="engine/down") == 7
+
+
+def test_window_length_is_in_help_text_and_metric() -> None:
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(snapshot))
+    text = generate_latest(registry).decode()
+    assert "# HELP infermeter_prompt_tokens_per_second" not in text  # absent: not in the snapshot
+    assert "over the last 300s (--window)" in text
+    assert "infermeter_window_seconds 300.0" in text
+
+
+def test_describe_lists_the_whole_catalogue() -> None:
+    collector = SnapshotCollector(snapshot)
+    described = {m.name for m in collector.describe()}
+    assert len(described) == len(CATALOG)

@@ -1,0 +1,26 @@
+"""The README's generated tables match the catalogue and the settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from exporter.catalog import markdown_table
+from exporter.config import markdown_reference
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _block(name: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"<!-- {name}:start[^>]*-->\n(.*?)<!-- {name}:end -->", text, re.S)
+    assert match, f"README has no {name} block"
+    return match.group(1)
+
+
+def test_metric_table_is_generated_from_the_catalogue() -> None:
+    assert _block("metrics") == markdown_table(), "run: python -m exporter.catalog, and paste it into README.md"
+
+
+def test_cli_reference_is_generated_from_the_settings() -> None:
+    assert _block("cli") == markdown_reference(), "run: python -m exporter.config, and paste it into README.md"

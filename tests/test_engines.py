@@ -1,0 +1,169 @@
+"""Engine adapters against exposition fixtures shaped like each engine version's output.
+
+Expected values are read from the fixture text by a separate, deliberately naive line reader,
+not by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from exporter.samples import EngineIdentity
+from exporter.sources import SourceError
+from exporter.sources.engines import adapt, detect_kind, tgi, vllm
+from exporter.sources.exposition import parse
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
+
+
+def text(name: str) -> str:
+    return (FIXTURES / name).read_text(encoding="utf-8")
+
+
+def naive(body: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for line in body.splitlines():
+        match = LINE.match(line)
+        if not match or match.group("name") != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group("labels") or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            out.append((got, float(match.group("value"))))
+    return out
+
+
+def naive_sum(body: str, name: str, **labels: str) -> float:
+    values = naive(body, name, **labels)
+    assert values, f"fixture lacks {name}"
+    return sum(v for _, v in values)
+
+
+VLLM_FIXTURES = ["vllm-v0-0.6.txt", "vllm-v1-0.10.txt", "vllm-v1-dp2.txt", "vllm-0.32.0-real-a.txt",
+                 "vllm-0.32.0-real-b.txt"]
+
+
+@pytest.mark.parametrize("fixture", VLLM_FIXTURES)
+def test_vllm_counters_gauges_and_latency(fixture: str) -> None:
+    body = text(fixture)
+    sample = adapt(parse(body), 100.0, None)
+    assert sample.kind == "vllm"
+    assert sample.counters["prompt_tokens"] == naive_sum(body, "vllm:prompt_tokens_total")
+    assert sample.counters["generation_tokens"] == naive_sum(body, "vllm:generation_tokens_total")
+    assert sample.counters["requests_finished"] == naive_sum(body, "vllm:request_success_total")
+    assert sample.gauges["requests_running"] == naive_sum(body, "vllm:num_requests_running")
+    assert sample.gauges["requests_waiting"] == naive_sum(body, "vllm:num_requests_waiting")
+    e2e = sample.histograms["e2e_request_latency"]
+    assert e2e.count == naive_sum(body, "vllm:e2e_request_latency_seconds_count")
+    assert e2e.cumulative_counts[-1] == naive_sum(body, "vllm:e2e_request_latency_seconds_bucket", le="+Inf")
+    assert e2e.sum == pytest.approx(naive_sum(body, "vllm:e2e_request_latency_seconds_sum"))
+    bounds = sorted({float(labels["le"]) for labels, _ in naive(body, "vllm:e2e_request_latency_seconds_bucket")})
+    assert list(e2e.bounds) == bounds  # read from the scrape, never assumed
+    assert "time_to_first_token" in sample.histograms
+    assert sample.model_label == naive(body, "vllm:prompt_tokens_total")[0][0]["model_name"]
+
+
+def test_rename_window_counts_each_value_once() -> None:
+    body = text("vllm-v1-0.10.txt")
+    # the fixture serves both names with the same values
+    assert naive_sum(body, "vllm:gpu_cache_usage_perc") == naive_sum(body, "vllm:kv_cache_usage_perc")
+    assert naive_sum(body, "vllm:gpu_prefix_cache_hits_total") == naive_sum(body, "vllm:prefix_cache_hits_total")
+    sample = adapt(parse(body), 1.0, None)
+    assert sample.gauges["kv_cache_usage_ratio"] == naive_sum(body, "vllm:kv_cache_usage_perc")
+    assert sample.counters["prefix_cache_hits"] == naive_sum(body, "vllm:prefix_cache_hits_total")
+    assert sample.counters["prefix_cache_queries"] == naive_sum(body, "vllm:prefix_cache_queries_total")
+    itl = sample.histograms["inter_token_latency"]
+    assert itl.count == naive_sum(body, "vllm:inter_token_latency_seconds_count")
+
+
+def test_v0_names() -> None:
+    body = text("vllm-v0-0.6.txt")
+    sample = adapt(parse(body), 1.0, None)
+    assert sample.gauges["kv_cache_usage_ratio"] == naive_sum(body, "vllm:gpu_cache_usage_perc")
+    assert sample.gauges["prefix_cache_hit_ratio"] == naive_sum(body, "vllm:gpu_prefix_cache_hit_rate")
+    tpot = sample.histograms["time_per_output_token"]
+    assert tpot.count == naive_sum(body, "vllm:time_per_output_token_seconds_count")
+
+
+def test_kv_capacity_from_cache_config_info() -> None:
+    for fixture in ["vllm-v1-0.10.txt", "vllm-0.32.0-real-a.txt", "vllm-v1-dp2.txt"]:
+        body = text(fixture)
+        expected = sum(float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+                       for labels, _ in naive(body, "vllm:cache_config_info"))
+        assert adapt(parse(body), 1.0, None).gauges["kv_cache_capacity_tokens"] == expected
+
+
+def test_data_parallel_sums_and_weights_kv_usage_by_capacity() -> None:
+    body = text("vllm-v1-dp2.txt")
+    sample = adapt(parse(body), 1.0, None)
+    ranks = {labels["engine"] for labels, _ in naive(body, "vllm:prompt_tokens_total")}
+    assert ranks == {"0", "1"}
+    assert sample.counters["prompt_tokens"] == sum(naive_sum(body, "vllm:prompt_tokens_total", engine=r) for r in ranks)
+    capacity = {labels["engine"]: float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+                for labels, _ in naive(body, "vllm:cache_config_info")}
+    usage = {r: naive_sum(body, "vllm:kv_cache_usage_perc", engine=r) for r in ranks}
+    expected = sum(usage[r] * capacity[r] for r in ranks) / sum(capacity.values())
+    assert sample.gauges["kv_cache_usage_ratio"] == pytest.approx(expected)
+    ttft = sample.histograms["time_to_first_token"]
+    assert ttft.count == naive_sum(body, "vllm:time_to_first_token_seconds_count")
+
+
+def test_tgi_names_and_identity() -> None:
+    body = text("tgi-3.x.txt")
+    info = json.loads(text("tgi-1.4.info.json"))
+    identity = tgi.identity({"/info": info})
+    assert identity.model == info["model_id"]
+    assert identity.max_batch_total_tokens == info["max_batch_total_tokens"]
+    sample = adapt(parse(body), 1.0, identity)
+    assert sample.kind == "tgi"
+    assert sample.counters["generation_tokens"] == naive_sum(body, "tgi_request_generated_tokens_sum")
+    assert sample.counters["prompt_tokens"] == naive_sum(body, "tgi_request_input_length_sum")
+    assert sample.counters["requests_finished"] == naive_sum(body, "tgi_request_success")
+    assert sample.gauges["requests_running"] == naive_sum(body, "tgi_batch_current_size")
+    assert sample.gauges["requests_waiting"] == naive_sum(body, "tgi_queue_size")
+    assert sample.gauges["kv_cache_capacity_tokens"] == info["max_batch_total_tokens"]
+    assert sample.gauges["kv_cache_usage_ratio"] == pytest.approx(
+        naive_sum(body, "tgi_batch_current_max_tokens") / info["max_batch_total_tokens"])
+    assert "time_to_first_token" not in sample.histograms  # TGI has none: absent, not guessed
+    assert sample.histograms["e2e_request_latency"].count == naive_sum(body, "tgi_request_duration_count")
+    assert len(sample.histograms["e2e_request_latency"].bounds) == len(naive(body, "tgi_request_duration_bucket"))
+
+
+def test_tgi_3_info_has_no_batch_total_tokens_so_no_kv_capacity() -> None:
+    identity = tgi.identity({"/info": json.loads(text("tgi-3.x.info.json"))})
+    sample = adapt(parse(text("tgi-3.x.txt")), 1.0, identity)
+    assert identity.version and identity.model
+    assert "kv_cache_capacity_tokens" not in sample.gauges
+    assert "kv_cache_usage_ratio" not in sample.gauges
+
+
+def test_vllm_identity_prefers_the_base_model_over_lora_adapters() -> None:
+    models = {"object": "list", "data": [
+        {"id": "sql-lora", "root": "/adapters/sql", "parent": "llama"},
+        {"id": "llama", "root": "/models/llama", "parent": None}]}
+    identity = vllm.identity({"/v1/models": models, "/version": {"version": "0.10.2"}})
+    assert identity == EngineIdentity(model="llama", version="0.10.2")
+    real = json.loads(text("vllm-0.32.0-real-a.models.json"))
+    assert vllm.identity({"/v1/models": real}).model == "tinyllama"
+    assert vllm.identity({}).model is None
+
+
+def test_unknown_and_garbage_bodies() -> None:
+    with pytest.raises(SourceError, match="no vLLM"):
+        detect_kind(parse("node_load1 0.5\n"))
+    with pytest.raises(SourceError, match="invalid Prometheus exposition"):
+        parse("<html>502 Bad Gateway</html>\n")
+
+
+def test_nan_and_inf_samples_do_not_poison_sums() -> None:
+    body = ('vllm:prompt_tokens_total{engine="0"} NaN\nvllm:prompt_tokens_total{engine="1"} 5\n'
+            'vllm:num_requests_running{engine="0"} +Inf\n')
+    sample = adapt(parse(body), 1.0, None)
+    assert sample.counters["prompt_tokens"] == 5
+    assert "requests_running" not in sample.gauges
+    assert all(math.isfinite(v) for v in sample.counters.values())
