@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,7 +86,6 @@ class Collection:
         self._nvml = nvml
         self._engines = list(engines)
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=len(self._engines) + 1, thread_name_prefix="infermeter-read")
         self._in_flight: dict[str, Future[tuple[object, float]]] = {}
         self._windows = {e.target.name: SampleWindow(config.window) for e in self._engines}
         self._identity = {e.target.name: _Identity() for e in self._engines}
@@ -117,7 +116,7 @@ class Collection:
                 previous = self._in_flight.get(name)
                 if previous is not None and not previous.done():
                     continue
-                futures[name] = self._pool.submit(_timed, read)
+                futures[name] = _spawn(name, read)
                 self._in_flight[name] = futures[name]
             wait(list(futures.values()), timeout=max(deadline - time.monotonic(), 0.0))
             results: dict[str, object] = {}
@@ -185,13 +184,26 @@ class Collection:
                         engines=tuple(views), collectors=dict(statuses))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to join: reads run on daemon threads, so a hung one cannot hold up exit."""
 
 
-def _timed(read: Callable[[], object]) -> tuple[object, float]:
-    started = time.monotonic()
-    value = read()
-    return value, time.monotonic() - started
+def _spawn(name: str, read: Callable[[], object]) -> Future[tuple[object, float]]:
+    """Run ``read`` on a daemon thread; the future holds (value, seconds taken)."""
+    future: Future[tuple[object, float]] = Future()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        started = time.monotonic()
+        try:
+            value = read()
+        except BaseException as err:  # handed to the collection, which decides what it means
+            future.set_exception(err)
+        else:
+            future.set_result((value, time.monotonic() - started))
+
+    threading.Thread(target=target, name=f"infermeter-read-{name}", daemon=True).start()
+    return future
 
 
 def _process_memory(gpus: Sequence[GpuSample]) -> float | None:

@@ -82,3 +82,29 @@ def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | N
     if kind == "vllm":
         return vllm.adapt(exposition, timestamp)
     return tgi.adapt(exposition, timestamp, identity)
+
+
+def markdown_mapping() -> str:
+    """docs/engines.md's table: which engine names feed each canonical field, preferred first."""
+    from exporter.sources.engines import tgi, vllm
+
+    engines = (vllm.NAMES, tgi.NAMES)
+    extra: dict[str, dict[str, tuple[str, ...]]] = {"vllm": {"kv_cache_usage_ratio": vllm.KV_USAGE,
+                      "kv_cache_capacity_tokens": (f"{vllm.CACHE_CONFIG} num_gpu_blocks x block_size",)},
+             "tgi": {"kv_cache_usage_ratio": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",),
+                     "kv_cache_capacity_tokens": ("/info max_batch_total_tokens",)}}
+    rows = ["| Field | Kind | " + " | ".join(e.kind for e in engines) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in engines) + " |"]
+    for kind, table in (("counter", "counters"), ("gauge", "gauges"), ("histogram", "histograms")):
+        fields = sorted({f for e in engines for f in getattr(e, table)})
+        if kind == "gauge":
+            fields = sorted({*fields, "kv_cache_usage_ratio", "kv_cache_capacity_tokens"})
+        for name in fields:
+            cells = []
+            for e in engines:
+                mapping: Mapping[str, tuple[str, ...]] = getattr(e, table)
+                names = mapping.get(name) or extra[e.kind].get(name) or ()
+                cells.append(", ".join(f"`{n}`" for n in names) or "absent")
+            rows.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+

@@ -1,0 +1,270 @@
+"""End to end: the real ``infermeter`` process, fake engines at their HTTP boundary, NVML faked at the
+pynvml boundary, scraped over HTTP and linted with promtool."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.engine import FakeEngine, FakeEngineServer
+from tests.fakes.nvml_specs import h100_node, missing_library
+from tests.process import ExporterProcess, Samples, promtool, value, wait_for
+from tests.test_quantiles import reference_quantile
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+VLLM = FIXTURES / "vllm-0.32.0-real-a.txt"
+TGI = FIXTURES / "tgi-3.x.txt"
+TTFT_OBSERVATIONS = [0.012, 0.03, 0.07, 0.07, 0.09, 0.15, 0.3, 0.3, 0.6, 1.2, 3.0, 0.045]
+
+
+@pytest.fixture
+def vllm_engine() -> Iterator[tuple[FakeEngine, FakeEngineServer]]:
+    engine = FakeEngine(VLLM)
+    engine.zero()
+    with FakeEngineServer(engine) as server:
+        yield engine, server
+
+
+@pytest.fixture
+def tgi_engine() -> Iterator[tuple[FakeEngine, FakeEngineServer]]:
+    engine = FakeEngine(TGI, identity={"/info": json.loads((FIXTURES / "tgi-1.4.info.json").read_text())})
+    engine.zero()
+    with FakeEngineServer(engine) as server:
+        yield engine, server
+
+
+def start(tmp_path: Path, *args: str, nvml: dict[str, object] | None = None) -> ExporterProcess:
+    exporter = ExporterProcess(["--interval", "0.5", "--window", "30", *args], tmp_path,
+                               nvml_spec=nvml if nvml is not None else h100_node(2))
+    exporter.wait_ready()
+    return exporter
+
+
+def ttft_bounds(engine: FakeEngine) -> list[float]:
+    text = engine.render()
+    bounds = set()
+    for line in text.splitlines():
+        if line.startswith("vllm:time_to_first_token_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            bounds.add(math.inf if le == "+Inf" else float(le))
+    return sorted(bounds)
+
+
+def test_vllm_tgi_and_gpus_end_to_end(tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
+                                      tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    vllm, vllm_server = vllm_engine
+    tgi, tgi_server = tgi_engine
+    started = time.monotonic()
+    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
+    try:
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
+        for ttft in TTFT_OBSERVATIONS:
+            vllm.observe("vllm:time_to_first_token_seconds", ttft)
+        vllm.inc("vllm:generation_tokens_total", 1000)
+        vllm.inc("vllm:request_success_total", 12, {"finished_reason": "stop"})
+        vllm.set("vllm:num_requests_waiting", 7)
+        tgi.observe("tgi_request_duration", 1.5, times=4)
+        tgi.inc("tgi_request_success", 4)
+        wait_for(lambda: value(exporter.samples(), "infermeter_time_to_first_token_seconds_count",
+                               engine="llama") == len(TTFT_OBSERVATIONS))
+        samples = exporter.samples()
+        elapsed = time.monotonic() - started
+        llama = {"engine": "llama", "kind": "vllm", "model": "tinyllama"}
+
+        # windowed quantiles: the observations bucketed with the engine's own bounds, then PromQL's interpolation
+        bounds = ttft_bounds(vllm)
+        cumulative = [float(sum(1 for o in TTFT_OBSERVATIONS if o <= b)) for b in bounds]
+        for q in (0.5, 0.9, 0.95, 0.99):
+            expected = reference_quantile(q, bounds, cumulative)
+            got = value(samples, "infermeter_time_to_first_token_seconds", quantile=f"{q:g}", **llama)
+            assert got == pytest.approx(expected), q
+            raw = sorted(TTFT_OBSERVATIONS)[max(math.ceil(q * len(TTFT_OBSERVATIONS)) - 1, 0)]
+            upper = min(b for b in bounds if b >= raw)
+            lower = max([b for b in bounds if b < raw], default=0.0)
+            assert lower <= got <= upper  # the raw quantile's bucket
+        assert value(samples, "infermeter_time_to_first_token_seconds_sum", **llama) == pytest.approx(
+            sum(TTFT_OBSERVATIONS))
+        # nothing finished end to end: no e2e quantile, but the cumulative count is there
+        assert value(samples, "infermeter_e2e_request_latency_seconds", quantile="0.5", **llama) is None
+
+        rate = value(samples, "infermeter_generation_tokens_per_second", **llama)
+        assert rate is not None and 1000 / elapsed <= rate <= 1000 / 0.5
+        assert value(samples, "infermeter_requests_waiting", **llama) == 7
+        capacity = value(samples, "infermeter_kv_cache_capacity_tokens", **llama)
+        assert capacity is not None and capacity > 0
+        assert value(samples, "infermeter_engine_info", version="0.32.0", **llama) == 1
+
+        tgi_labels = {"engine": "tgi", "kind": "tgi", "model": json.loads(
+            (FIXTURES / "tgi-1.4.info.json").read_text())["model_id"]}
+        assert value(samples, "infermeter_engine_up", **tgi_labels) == 1
+        assert value(samples, "infermeter_e2e_request_latency_seconds_count", **tgi_labels) == 4
+        assert value(samples, "infermeter_time_to_first_token_seconds_count", **tgi_labels) is None  # TGI has none
+
+        # GPUs: base units, two engines split two GPUs in order
+        spec = h100_node(2)["gpus"]
+        assert value(samples, "infermeter_gpu_power_limit_watts", gpu="1") == spec[1]["power_limit_mw"] / 1000
+        assert value(samples, "infermeter_gpu_memory_total_bytes", gpu="0") == spec[0]["memory_total"]
+        assert value(samples, "infermeter_gpu_sm_clock_hertz", gpu="0") == spec[0]["sm_clock_mhz"] * 1e6
+        assert value(samples, "infermeter_gpu_utilization_ratio", gpu="0") == spec[0]["utilization_gpu"] / 100
+        assert value(samples, "infermeter_engine_gpu_info", engine="llama", gpu="0") == 1
+        assert value(samples, "infermeter_engine_gpu_info", engine="tgi", gpu="1") == 1
+        assert value(samples, "infermeter_engine_gpu_memory_used_bytes", engine="llama") == \
+            spec[0]["processes"][0]["used_memory"]
+        assert value(samples, "infermeter_collector_success", collector="nvml") == 1
+        assert value(samples, "infermeter_window_seconds") == 30
+    finally:
+        exporter.stop()
+
+
+def test_exposition_passes_promtool_lint(tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
+                                         tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    tool = promtool()
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    vllm, vllm_server = vllm_engine
+    _, tgi_server = tgi_engine
+    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
+    try:
+        vllm.tick()
+        wait_for(lambda: value(exporter.samples(), "infermeter_time_to_first_token_seconds", quantile="0.5",
+                               engine="llama") is not None)
+        body = exporter.metrics_text()
+        result = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    finally:
+        exporter.stop()
+
+
+def test_engine_failures_show_as_up_zero_and_errors_then_recover(
+        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
+        tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    vllm, vllm_server = vllm_engine
+    _, tgi_server = tgi_engine
+    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
+    try:
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
+        errors = lambda: value(exporter.samples(), "infermeter_collector_errors_total",  # noqa: E731
+                               collector="engine/llama")
+        for status, body in ((500, b"internal error"), (200, b"<html>not metrics</html>\n{{{")):
+            before = errors()
+            vllm.set_response(status=status, body=body)
+            wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 0)
+            samples = exporter.samples()
+            assert value(samples, "infermeter_collector_success", collector="engine/llama") == 0
+            assert value(samples, "infermeter_requests_running", engine="llama") is None  # no stale values
+            assert value(samples, "infermeter_engine_up", engine="tgi") == 1  # the other engine is unaffected
+            wait_for(lambda b=before: errors() > b)
+            vllm.clear_response()
+            wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
+        log = exporter.log()
+        assert "engine llama: HTTP 500" in log
+        assert "engine llama: recovered" in log
+    finally:
+        exporter.stop()
+
+
+def test_hung_engine_never_slows_a_scrape_or_the_other_sources(
+        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
+        tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    vllm, vllm_server = vllm_engine
+    _, tgi_server = tgi_engine
+    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
+    try:
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
+        vllm.set_delay(30)
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 0)
+        slowest = 0.0
+        for _ in range(20):
+            began = time.monotonic()
+            samples = exporter.samples()
+            slowest = max(slowest, time.monotonic() - began)
+            assert value(samples, "infermeter_engine_up", engine="tgi") == 1
+            assert value(samples, "infermeter_collector_success", collector="nvml") == 1
+            time.sleep(0.05)
+        # a scrape never waits for the hung engine (its reads take 30 s); generous bound for a loaded CI machine
+        assert slowest < 2.0
+        last = value(exporter.samples(), "infermeter_last_collect_timestamp_seconds")
+        assert last is not None and time.time() - last < 5  # collection keeps going
+    finally:
+        exporter.stop()
+
+
+def test_engine_restart_and_kind_change_behind_the_same_url(
+        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    vllm, server = vllm_engine
+    exporter = start(tmp_path, "--engine", f"e={server.url}")
+    try:
+        vllm.inc("vllm:generation_tokens_total", 5000)
+        wait_for(lambda: (value(exporter.samples(), "infermeter_generation_tokens_per_second", engine="e") or 0) > 0)
+        vllm.reset()  # counters back to zero
+        vllm.inc("vllm:generation_tokens_total", 10)
+        for _ in range(4):
+            time.sleep(0.5)
+            rate = value(exporter.samples(), "infermeter_generation_tokens_per_second", engine="e")
+            assert rate is not None and rate >= 0  # a reset is never a negative rate
+        vllm.load(TGI, identity={"/info": {"model_id": "bigscience/bloom-560m", "version": "3.3.6"}})
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="e", kind="tgi",
+                               model="bigscience/bloom-560m") == 1)
+        assert value(exporter.samples(), "infermeter_engine_info", engine="e", version="3.3.6") == 1
+    finally:
+        exporter.stop()
+
+
+def test_no_gpu_and_no_engine_still_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    exporter = start(tmp_path, nvml=missing_library())
+    try:
+        samples: Samples = exporter.samples()
+        assert value(samples, "infermeter_build_info") == 1
+        assert value(samples, "infermeter_collector_success", collector="nvml") == 0
+        assert not [n for n, _, _ in samples if n.startswith("infermeter_gpu_")]
+        status, page, headers = exporter.get("/")
+        assert status == 200 and 'href="metrics"' in page and headers["Content-Type"].startswith("text/html")
+        assert exporter.get("/healthz")[0] == 200
+        assert exporter.get("/nope")[0] == 404
+        log = exporter.log()
+        assert log.count("NVML unavailable: NVML library not found") == 1
+        assert "no engine configured" in log
+    finally:
+        exporter.proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        code = exporter.proc.wait(timeout=5)
+        took = time.monotonic() - began
+        exporter.stop()
+    assert code == 0
+    assert took < 1.0, f"SIGTERM took {took:.2f}s"
+
+
+def test_sigint_stops_promptly_even_with_a_hung_engine(
+        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    vllm, server = vllm_engine
+    vllm.set_delay(30)
+    exporter = start(tmp_path, "--engine", f"e={server.url}")
+    try:
+        time.sleep(1.0)  # a read is now hung inside the engine
+    finally:
+        exporter.proc.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        code = exporter.proc.wait(timeout=5)
+        took = time.monotonic() - began
+        exporter.stop()
+    assert code == 0
+    assert took < 1.0, f"SIGINT took {took:.2f}s"
+
+
+def test_bad_configuration_fails_at_start_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([*ExporterProcess.command(), "--interval", "soon"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "infermeter: configuration error: --interval (--interval): expected a number of seconds, got 'soon'"]
