@@ -62,9 +62,10 @@ def scrape() -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], floa
     return values, elapsed
 
 
-def metric(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+def metric(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], metric_name: str, /,
+           **labels: str) -> float | None:
     for (n, got), v in values.items():
-        if n == name and all(dict(got).get(k) == want for k, want in labels.items()):
+        if n == metric_name and all(dict(got).get(k) == want for k, want in labels.items()):
             return v
     return None
 

@@ -450,3 +450,19 @@ def test_pythonpath_import_prints_fake_file() -> None:
         check=True,
     )
     assert Path(out.stdout.strip()).resolve() == (FAKE_DIR / "pynvml.py").resolve()
+
+
+def test_memory_used_excludes_the_driver_reservation_like_nvidia_smi(fake: ModuleType, source: NvmlSource) -> None:
+    # Seen on a real H100 (driver 580.159.04): v1 `used` was 480 MiB above nvidia-smi's memory.used,
+    # exactly memory.reserved. The v2 call reports what nvidia-smi shows.
+    fake.configure(specs.h100_node(1))
+    spec = specs.h100_gpu(0)
+    assert source.read().gpus[0].memory_used_bytes == spec["memory_used"]
+
+
+def test_memory_falls_back_to_v1_where_the_binding_has_no_v2(fake: ModuleType) -> None:
+    fake.configure(specs.h100_node(1))
+    del fake.nvmlMemory_v2  # an nvidia-ml-py too old for nvmlDeviceGetMemoryInfo_v2
+    spec = specs.h100_gpu(0)
+    with NvmlSource(fake) as old:
+        assert old.read().gpus[0].memory_used_bytes == spec["memory_used"] + spec["memory_reserved"]

@@ -13,7 +13,7 @@ nvmlDeviceGetUUID                             str                 uuid
 nvmlDeviceGetName                             str                 name
 nvmlDeviceGetUtilizationRates .gpu            percent             utilization_ratio (/100)
 nvmlDeviceGetUtilizationRates .memory         percent             memory_bandwidth_utilization_ratio
-nvmlDeviceGetMemoryInfo .used / .total        bytes               memory_used_bytes / memory_total_bytes
+nvmlDeviceGetMemoryInfo (v2) .used / .total   bytes               memory_used_bytes / memory_total_bytes
 nvmlDeviceGetPowerUsage                       milliwatts          power_watts (/1000)
 nvmlDeviceGetEnforcedPowerLimit               milliwatts          power_limit_watts (/1000)
 nvmlDeviceGetTemperature(.._TEMPERATURE_GPU)  degrees Celsius     temperature_celsius
@@ -326,7 +326,11 @@ class NvmlSource:
             return self._query(nvml, what, fn_name, handle, *args)
 
         util = query("utilization", "nvmlDeviceGetUtilizationRates")
-        memory = query("memory usage", "nvmlDeviceGetMemoryInfo")
+        # v2 reports used memory without the driver's reservation, as nvidia-smi does (v1 includes it)
+        v2 = getattr(nvml, "nvmlMemory_v2", None)
+        memory = query("memory usage", "nvmlDeviceGetMemoryInfo", v2) if v2 is not None else None
+        if memory is None:
+            memory = query("memory usage", "nvmlDeviceGetMemoryInfo")
         power_mw = query("power draw", "nvmlDeviceGetPowerUsage")
         limit_mw = query("power limit", "nvmlDeviceGetEnforcedPowerLimit")
         temperature = query(

@@ -19,6 +19,7 @@ def h100_gpu(index: int) -> dict[str, Any]:
         "utilization_memory": 54 + index,
         "memory_total": H100_MEMORY_TOTAL,
         "memory_used": 70_000_000_000 + index * 1_000_000,
+        "memory_reserved": 503_316_480,  # 480 MiB, what an H100 driver reserves (seen on a real one)
         "power_mw": 512_345 + index * 1_000,
         "power_limit_mw": 700_000,
         "temperature": 61 + index,

@@ -194,6 +194,9 @@ NVMLError_Unknown: type[NVMLError] = NVMLError._valClassMapping[NVML_ERROR_UNKNO
 # -- returned objects ----------------------------------------------------------------------------
 
 
+nvmlMemory_v2 = 0x02000028  # the real module's version tag for nvmlDeviceGetMemoryInfo_v2
+
+
 class c_nvmlMemory_t:
     def __init__(self, total: int, used: int) -> None:
         self.total = total
@@ -445,9 +448,14 @@ def nvmlDeviceGetUtilizationRates(handle: c_nvmlDevice_t) -> c_nvmlUtilization_t
 
 
 def nvmlDeviceGetMemoryInfo(handle: c_nvmlDevice_t, version: int | None = None) -> c_nvmlMemory_t:
+    """Like the real driver: v1 ``used`` includes the driver-reserved memory, v2 ``used`` does not
+    (nvidia-smi shows the v2 value). ``memory_used`` in the spec is the v2 value."""
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetMemoryInfo", handle, "memory")
-        return c_nvmlMemory_t(total=int(_value(gpu, "memory_total")), used=int(_value(gpu, "memory_used")))
+        used = int(_value(gpu, "memory_used"))
+        if version is None:
+            used += int(gpu.get("memory_reserved", 0))
+        return c_nvmlMemory_t(total=int(_value(gpu, "memory_total")), used=used)
 
 
 def nvmlDeviceGetPowerUsage(handle: c_nvmlDevice_t) -> int:
