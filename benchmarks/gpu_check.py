@@ -137,7 +137,8 @@ def main() -> int:
         latencies.sort()
         nvml = metric(values, "infermeter_collector_duration_seconds", collector="nvml")
         lines.append(f"\nScrape latency over 200 sequential scrapes: p50 {latencies[100] * 1e3:.2f} ms, "
-                     f"p99 {latencies[197] * 1e3:.2f} ms. NVML collection: {nvml * 1e3 if nvml else float('nan'):.2f} ms.")
+                     f"p99 {latencies[197] * 1e3:.2f} ms. "
+                     f"NVML collection: {nvml * 1e3 if nvml else float('nan'):.2f} ms.")
         for key in ("infermeter_engine_up", "infermeter_generation_tokens_per_second",
                     "infermeter_collector_success"):
             lines.append(f"{key}: " + ", ".join(f"{dict(lbl)}={v:g}" for (n, lbl), v in values.items() if n == key))

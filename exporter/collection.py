@@ -147,7 +147,10 @@ class Collection:
         if error is not None:
             self._errors[name] = self._errors.get(name, 0) + 1
             if was_ok is not False:
-                log.warning("%s: %s", _describe(name), error)
+                consequence = ("GPU metrics absent" if name == NVML
+                               else "infermeter_engine_up 0, its derived metrics absent")
+                log.warning("%s: %s (%s; retrying every %gs, recovery will be logged)", _describe(name), error,
+                            consequence, self.config.interval)
             else:
                 log.debug("%s: still failing: %s", _describe(name), error)
         elif was_ok is False:

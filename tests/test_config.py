@@ -73,7 +73,8 @@ def test_no_collector_flag_beats_env() -> None:
     (["--engine-gpus", "a=x"], {}, "GPU indices must be whole numbers"),
     (["--interval", "5", "--window", "6"], {}, "--window (--window): 6s is too short"),
     (["--interval", "5", "--timeout", "5"], {}, "--timeout (--timeout): 5s must be shorter than --interval"),
-    ([], {"INFERMETER_COLLECTOR_NVML": "maybe"}, "--collector.nvml (INFERMETER_COLLECTOR_NVML): expected true or false"),
+    ([], {"INFERMETER_COLLECTOR_NVML": "maybe"},
+     "--collector.nvml (INFERMETER_COLLECTOR_NVML): expected true or false"),
 ])
 def test_invalid_values_fail_with_one_line_naming_the_setting(argv: list[str], env: dict[str, str],
                                                               expected: str) -> None:

@@ -7,14 +7,16 @@ from pathlib import Path
 
 from exporter.catalog import markdown_table
 from exporter.config import markdown_reference
+from exporter.sources.engines import markdown_mapping
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
-def _block(name: str) -> str:
-    text = README.read_text(encoding="utf-8")
+def _block(name: str, document: Path = README) -> str:
+    text = document.read_text(encoding="utf-8")
     match = re.search(rf"<!-- {name}:start[^>]*-->\n(.*?)<!-- {name}:end -->", text, re.S)
-    assert match, f"README has no {name} block"
+    assert match, f"{document.name} has no {name} block"
     return match.group(1)
 
 
@@ -24,3 +26,8 @@ def test_metric_table_is_generated_from_the_catalogue() -> None:
 
 def test_cli_reference_is_generated_from_the_settings() -> None:
     assert _block("cli") == markdown_reference(), "run: python -m exporter.config, and paste it into README.md"
+
+
+def test_engine_mapping_in_docs_is_generated_from_the_adapters() -> None:
+    assert _block("mapping", ROOT / "docs" / "engines.md") == markdown_mapping(), \
+        "run: python -m exporter.sources.engines, and paste it into docs/engines.md"

@@ -167,3 +167,41 @@ def test_nan_and_inf_samples_do_not_poison_sums() -> None:
     assert sample.counters["prompt_tokens"] == 5
     assert "requests_running" not in sample.gauges
     assert all(math.isfinite(v) for v in sample.counters.values())
+
+
+def test_real_vllm_kv_cache_full_capture() -> None:
+    # recorded mid-burst with --num-gpu-blocks-override 12 (tests/fixtures/engines/REAL_VLLM.md)
+    body = text("vllm-0.32.0-real-kvfull.txt")
+    sample = adapt(parse(body), 1.0, None)
+    assert sample.gauges["kv_cache_usage_ratio"] == 1.0
+    assert sample.gauges["requests_waiting"] == naive_sum(body, "vllm:num_requests_waiting") > 0
+    assert sample.counters["preemptions"] == naive_sum(body, "vllm:num_preemptions_total") > 0
+    blocks = naive(body, "vllm:cache_config_info")[0][0]
+    assert sample.gauges["kv_cache_capacity_tokens"] == 12 * float(blocks["block_size"])
+
+
+def test_windowed_stats_between_two_real_scrapes() -> None:
+    from exporter.derive.engine import engine_stats
+
+    a, b = text("vllm-0.32.0-real-a.txt"), text("vllm-0.32.0-real-b.txt")
+    first, second = adapt(parse(a), 1000.0, None), adapt(parse(b), 1010.0, None)
+    stats = engine_stats([first, second], (0.5, 0.99))
+    for counter, rate in (("vllm:generation_tokens_total", "generation_tokens_per_second"),
+                          ("vllm:prompt_tokens_total", "prompt_tokens_per_second"),
+                          ("vllm:request_success_total", "requests_per_second")):
+        assert stats.rates[rate] == pytest.approx((naive_sum(b, counter) - naive_sum(a, counter)) / 10.0)
+    e2e = stats.latency["e2e_request_latency"]
+    assert e2e.count == naive_sum(b, "vllm:e2e_request_latency_seconds_count")
+    finished = naive_sum(b, "vllm:e2e_request_latency_seconds_count") - naive_sum(
+        a, "vllm:e2e_request_latency_seconds_count")
+    assert finished > 0 and set(e2e.quantiles) == {0.5, 0.99}
+    # the median lies in the bucket where half of the requests finished between the two scrapes
+    bounds = sorted({float(lbl["le"]) for lbl, _ in naive(b, "vllm:e2e_request_latency_seconds_bucket")})
+    delta = [naive_sum(b, "vllm:e2e_request_latency_seconds_bucket", le=_le(x))
+             - naive_sum(a, "vllm:e2e_request_latency_seconds_bucket", le=_le(x)) for x in bounds]
+    index = next(i for i, c in enumerate(delta) if c >= 0.5 * finished)
+    assert (bounds[index - 1] if index else 0.0) <= e2e.quantiles[0.5] <= bounds[index]
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(bound)

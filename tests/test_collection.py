@@ -1,0 +1,122 @@
+"""One collection cycle at a time, with a controlled clock, against fake engines over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.collection import Collection, engine_collector
+from exporter.config import Config, EngineTarget
+from exporter.sources.engine import EngineSource
+from tests.fakes.engine import FakeEngine, FakeEngineServer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def rename_window_engine() -> Iterator[tuple[FakeEngine, str]]:
+    engine = FakeEngine(FIXTURES / "vllm-v1-0.10.txt")
+    engine.zero()
+    with FakeEngineServer(engine) as server:
+        yield engine, server.url
+
+
+def collection_for(url: str, clock: Clock, window: float = 60.0) -> Collection:
+    config = Config(engines=(EngineTarget("e", url),), interval=1.0, window=window, timeout=2.0)
+    return Collection(config, None, [EngineSource(config.engines[0], 2.0, 1 << 24, clock=clock)], clock=clock)
+
+
+def test_rename_window_then_upgrade_then_restart(rename_window_engine: tuple[FakeEngine, str]) -> None:
+    engine, url = rename_window_engine
+    clock = Clock()
+    collection = collection_for(url, clock)
+    collection.run_once()
+
+    # both old and new names advance together (vLLM 0.10 deprecation window)
+    clock.now += 1
+    engine.inc("vllm:prefix_cache_queries_total", 100)
+    engine.inc("vllm:prefix_cache_hits_total", 40)
+    engine.inc("vllm:generation_tokens_total", 60)
+    engine.observe("vllm:inter_token_latency_seconds", 0.02, times=60)
+    assert engine.value("vllm:gpu_prefix_cache_queries_total") == 100  # the twin moved too
+    collection.run_once()
+
+    # the upgrade completes: the old names disappear
+    for old in ("vllm:gpu_prefix_cache_queries", "vllm:gpu_prefix_cache_hits", "vllm:gpu_cache_usage_perc",
+                "vllm:time_per_output_token_seconds"):
+        engine.drop_family(old)
+    clock.now += 1
+    engine.inc("vllm:prefix_cache_queries_total", 100)
+    engine.inc("vllm:prefix_cache_hits_total", 10)
+    snapshot = collection.run_once()
+    stats = snapshot.engines[0].stats
+    assert stats is not None
+    assert stats.prefix_cache_hit_ratio == pytest.approx(50 / 200)  # counted once, across the rename
+    assert stats.latency["inter_token_latency"].count == 60
+    assert stats.rates["generation_tokens_per_second"] == pytest.approx(60 / 2)
+
+    # a restart: counters start again from zero; the drop counts as a reset, never negative
+    engine.reset()
+    clock.now += 1
+    engine.inc("vllm:generation_tokens_total", 30)
+    engine.observe("vllm:inter_token_latency_seconds", 0.5, times=10)
+    snapshot = collection.run_once()
+    stats = snapshot.engines[0].stats
+    assert stats is not None
+    assert stats.rates["generation_tokens_per_second"] == pytest.approx((60 + 30) / 3)
+    itl = stats.latency["inter_token_latency"]
+    assert itl.count == 10  # cumulative, as the engine reports it after its restart
+    # 60 observations at 0.02 s before the restart, 10 at 0.5 s after: the median stays in 0.02's bucket
+    assert itl.quantiles[0.5] <= 0.025
+    assert itl.quantiles[0.99] > 0.4
+
+
+def test_window_forgets_old_samples(rename_window_engine: tuple[FakeEngine, str]) -> None:
+    engine, url = rename_window_engine
+    clock = Clock()
+    collection = collection_for(url, clock, window=10.0)
+    collection.run_once()
+    engine.observe("vllm:time_to_first_token_seconds", 5.0, times=3)
+    clock.now += 1
+    collection.run_once()
+    stats = collection.snapshot.engines[0].stats
+    assert stats is not None and stats.latency["time_to_first_token"].quantiles
+    for _ in range(11):  # nothing new for longer than the window
+        clock.now += 1
+        collection.run_once()
+    stats = collection.snapshot.engines[0].stats
+    assert stats is not None
+    assert stats.latency["time_to_first_token"].quantiles == {}  # nothing finished in the window
+    assert stats.latency["time_to_first_token"].count == 3
+    assert stats.rates["generation_tokens_per_second"] == 0
+
+
+def test_engine_down_counts_errors_and_keeps_identity(rename_window_engine: tuple[FakeEngine, str]) -> None:
+    engine, url = rename_window_engine
+    clock = Clock()
+    collection = collection_for(url, clock)
+    first = collection.run_once()
+    assert first.engines[0].up and first.engines[0].model and first.engines[0].kind == "vllm"
+    engine.set_response(status=503, body=b"loading")
+    clock.now += 1
+    down = collection.run_once()
+    view = down.engines[0]
+    assert not view.up and view.stats is None
+    assert (view.kind, view.model) == (first.engines[0].kind, first.engines[0].model)  # stable series labels
+    status = down.collectors[engine_collector("e")]
+    assert not status.success and status.errors_total == 1
+    engine.clear_response()
+    clock.now += 1
+    back = collection.run_once()
+    assert back.engines[0].up
+    assert back.collectors[engine_collector("e")].errors_total == 1
