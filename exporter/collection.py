@@ -90,6 +90,7 @@ class Collection:
         self._windows = {e.target.name: SampleWindow(config.window) for e in self._engines}
         self._identity = {e.target.name: _Identity() for e in self._engines}
         self._errors: dict[str, int] = {}
+        self._failed_gpus: frozenset[int] = frozenset()
         self._ok: dict[str, bool] = {}
         self._lock = threading.Lock()
         self.snapshot = Snapshot(timestamp=None, window_seconds=config.window)
@@ -164,6 +165,8 @@ class Collection:
         nvml = results.get(NVML)
         reading = nvml if isinstance(nvml, NvmlReading) else None
         gpus = {g.index: g for g in reading.gpus} if reading else {}
+        if reading is not None:
+            self._note_failed_gpus(frozenset(reading.failed_gpus))
         names = [e.target.name for e in self._engines]
         assignment = assign_gpus(names, sorted(gpus), self.config.engine_gpus)
         views = []
@@ -185,6 +188,14 @@ class Collection:
                 gpu_memory_used_bytes=_process_memory(engine_gpus)))
         return Snapshot(timestamp=self._clock(), window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses))
+
+    def _note_failed_gpus(self, failed: frozenset[int]) -> None:
+        for index in sorted(failed - self._failed_gpus):
+            log.warning("GPU %d could not be read through NVML (lost or fallen off the bus?); its series are "
+                        "absent until it answers again", index)
+        for index in sorted(self._failed_gpus - failed):
+            log.info("GPU %d answers NVML again", index)
+        self._failed_gpus = failed
 
     def close(self) -> None:
         """Nothing to join: reads run on daemon threads, so a hung one cannot hold up exit."""

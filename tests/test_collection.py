@@ -120,3 +120,27 @@ def test_engine_down_counts_errors_and_keeps_identity(rename_window_engine: tupl
     back = collection.run_once()
     assert back.engines[0].up
     assert back.collectors[engine_collector("e")].errors_total == 1
+
+
+def test_a_lost_gpu_is_logged_once_and_the_others_still_served(caplog: pytest.LogCaptureFixture) -> None:
+    from exporter.samples import GpuSample, NvmlReading
+
+    readings = iter([NvmlReading("580", (GpuSample(0, "GPU-0", "H100"), GpuSample(1, "GPU-1", "H100"))),
+                     NvmlReading("580", (GpuSample(0, "GPU-0", "H100"),), failed_gpus=(1,)),
+                     NvmlReading("580", (GpuSample(0, "GPU-0", "H100"),), failed_gpus=(1,)),
+                     NvmlReading("580", (GpuSample(0, "GPU-0", "H100"), GpuSample(1, "GPU-1", "H100")))])
+
+    class Nvml:
+        def read(self) -> NvmlReading:
+            return next(readings)
+
+    collection = Collection(Config(interval=1.0, window=10.0, timeout=0.5), Nvml(), [])
+    counts = []
+    with caplog.at_level("INFO"):
+        for _ in range(4):
+            snapshot = collection.run_once()
+            assert snapshot.nvml is not None
+            counts.append(len(snapshot.nvml.gpus))
+    assert counts == [2, 1, 1, 2]
+    assert caplog.text.count("GPU 1 could not be read through NVML") == 1
+    assert caplog.text.count("GPU 1 answers NVML again") == 1

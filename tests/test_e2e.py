@@ -41,11 +41,34 @@ def tgi_engine() -> Iterator[tuple[FakeEngine, FakeEngineServer]]:
         yield engine, server
 
 
+@pytest.fixture
+def two_engines(tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
+                tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> Iterator[tuple[FakeEngine, ExporterProcess]]:
+    """The exporter reading a vLLM engine named llama and a TGI engine named tgi, both up."""
+    vllm, vllm_server = vllm_engine
+    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_engine[1].url}")
+    try:
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
+        yield vllm, exporter
+    finally:
+        exporter.stop()
+
+
 def start(tmp_path: Path, *args: str, nvml: dict[str, object] | None = None) -> ExporterProcess:
     exporter = ExporterProcess(["--interval", "0.5", "--window", "30", *args], tmp_path,
                                nvml_spec=nvml if nvml is not None else h100_node(2))
     exporter.wait_ready()
     return exporter
+
+
+def stop_with(exporter: ExporterProcess, signum: int) -> tuple[int, float]:
+    """Send ``signum``; the exit code and the seconds the process took to exit."""
+    exporter.proc.send_signal(signum)
+    began = time.monotonic()
+    code = exporter.proc.wait(timeout=5)
+    took = time.monotonic() - began
+    exporter.stop()
+    return code, took
 
 
 def ttft_bounds(engine: FakeEngine) -> list[float]:
@@ -126,80 +149,60 @@ def test_vllm_tgi_and_gpus_end_to_end(tmp_path: Path, vllm_engine: tuple[FakeEng
         exporter.stop()
 
 
-def test_exposition_passes_promtool_lint(tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
-                                         tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+def test_exposition_passes_promtool_lint(two_engines: tuple[FakeEngine, ExporterProcess]) -> None:
     tool = promtool()
     if tool is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
         pytest.skip("promtool not installed (apt-get install prometheus)")
-    vllm, vllm_server = vllm_engine
-    _, tgi_server = tgi_engine
-    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
-    try:
-        vllm.tick()
-        wait_for(lambda: value(exporter.samples(), "infermeter_time_to_first_token_seconds", quantile="0.5",
-                               engine="llama") is not None)
-        body = exporter.metrics_text()
-        result = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.strip() == "" and result.stderr.strip() == ""
-    finally:
-        exporter.stop()
+    vllm, exporter = two_engines
+    vllm.tick()
+    wait_for(lambda: value(exporter.samples(), "infermeter_time_to_first_token_seconds", quantile="0.5",
+                           engine="llama") is not None)
+    body = exporter.metrics_text()
+    result = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
 
 
 def test_engine_failures_show_as_up_zero_and_errors_then_recover(
-        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
-        tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
-    vllm, vllm_server = vllm_engine
-    _, tgi_server = tgi_engine
-    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
-    try:
+        two_engines: tuple[FakeEngine, ExporterProcess]) -> None:
+    vllm, exporter = two_engines
+    errors = lambda: value(exporter.samples(), "infermeter_collector_errors_total",  # noqa: E731
+                           collector="engine/llama")
+    for status, body in ((500, b"internal error"), (200, b"<html>not metrics</html>\n{{{")):
+        before = errors()
+        vllm.set_response(status=status, body=body)
+        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 0)
+        samples = exporter.samples()
+        assert value(samples, "infermeter_collector_success", collector="engine/llama") == 0
+        assert value(samples, "infermeter_requests_running", engine="llama") is None  # no stale values
+        assert value(samples, "infermeter_engine_up", engine="tgi") == 1  # the other engine is unaffected
+        wait_for(lambda b=before: errors() > b)
+        vllm.clear_response()
         wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
-        errors = lambda: value(exporter.samples(), "infermeter_collector_errors_total",  # noqa: E731
-                               collector="engine/llama")
-        for status, body in ((500, b"internal error"), (200, b"<html>not metrics</html>\n{{{")):
-            before = errors()
-            vllm.set_response(status=status, body=body)
-            wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 0)
-            samples = exporter.samples()
-            assert value(samples, "infermeter_collector_success", collector="engine/llama") == 0
-            assert value(samples, "infermeter_requests_running", engine="llama") is None  # no stale values
-            assert value(samples, "infermeter_engine_up", engine="tgi") == 1  # the other engine is unaffected
-            wait_for(lambda b=before: errors() > b)
-            vllm.clear_response()
-            wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
-        log = exporter.log()
-        assert "engine llama: HTTP 500" in log
-        assert "engine llama: recovered" in log
-    finally:
-        exporter.stop()
+    log = exporter.log()
+    assert "engine llama: HTTP 500" in log
+    assert "engine llama: recovered" in log
 
 
 def test_hung_engine_never_slows_a_scrape_or_the_other_sources(
-        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
-        tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
-    vllm, vllm_server = vllm_engine
-    _, tgi_server = tgi_engine
-    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}")
-    try:
-        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 1)
-        vllm.set_delay(30)
-        wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 0)
-        slowest = 0.0
-        for _ in range(20):
-            began = time.monotonic()
-            samples = exporter.samples()
-            slowest = max(slowest, time.monotonic() - began)
-            assert value(samples, "infermeter_engine_up", engine="tgi") == 1
-            assert value(samples, "infermeter_collector_success", collector="nvml") == 1
-            time.sleep(0.05)
-        # a scrape never waits for the hung engine (its reads take 30 s); generous bound for a loaded CI machine
-        assert slowest < 2.0
-        last = value(exporter.samples(), "infermeter_last_collect_timestamp_seconds")
-        assert last is not None and time.time() - last < 5  # collection keeps going
-    finally:
-        exporter.stop()
+        two_engines: tuple[FakeEngine, ExporterProcess]) -> None:
+    vllm, exporter = two_engines
+    vllm.set_delay(30)
+    wait_for(lambda: value(exporter.samples(), "infermeter_engine_up", engine="llama") == 0)
+    slowest = 0.0
+    for _ in range(20):
+        began = time.monotonic()
+        samples = exporter.samples()
+        slowest = max(slowest, time.monotonic() - began)
+        assert value(samples, "infermeter_engine_up", engine="tgi") == 1
+        assert value(samples, "infermeter_collector_success", collector="nvml") == 1
+        time.sleep(0.05)
+    # a scrape never waits for the hung engine (its reads take 30 s); generous bound for a loaded CI machine
+    assert slowest < 2.0
+    last = value(exporter.samples(), "infermeter_last_collect_timestamp_seconds")
+    assert last is not None and time.time() - last < 5  # collection keeps going
 
 
 def test_engine_restart_and_kind_change_behind_the_same_url(
@@ -238,11 +241,7 @@ def test_no_gpu_and_no_engine_still_serves_and_stops_on_sigterm(tmp_path: Path) 
         assert log.count("NVML unavailable: NVML library not found") == 1
         assert "no engine configured" in log
     finally:
-        exporter.proc.send_signal(signal.SIGTERM)
-        began = time.monotonic()
-        code = exporter.proc.wait(timeout=5)
-        took = time.monotonic() - began
-        exporter.stop()
+        code, took = stop_with(exporter, signal.SIGTERM)
     assert code == 0
     assert took < 1.0, f"SIGTERM took {took:.2f}s"
 
@@ -255,11 +254,7 @@ def test_sigint_stops_promptly_even_with_a_hung_engine(
     try:
         time.sleep(1.0)  # a read is now hung inside the engine
     finally:
-        exporter.proc.send_signal(signal.SIGINT)
-        began = time.monotonic()
-        code = exporter.proc.wait(timeout=5)
-        took = time.monotonic() - began
-        exporter.stop()
+        code, took = stop_with(exporter, signal.SIGINT)
     assert code == 0
     assert took < 1.0, f"SIGINT took {took:.2f}s"
 

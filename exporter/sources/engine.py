@@ -40,6 +40,9 @@ class EngineSource:
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
         self._session = session or requests.Session()
+        # Like Prometheus, ignore HTTP(S)_PROXY and .netrc: the engine is local, and a proxy variable
+        # meant for downloads must not reroute (or authenticate) scrapes.
+        self._session.trust_env = False
         self._session.headers["User-Agent"] = "infermeter"
         self._clock = clock
         self._identity = EngineIdentity()
