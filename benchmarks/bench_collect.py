@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,7 @@ class Plan:
 
 
 FULL = Plan(warmup_cycles=5, sample_seconds=6.0, idle_seconds=10.0, sequential=500, concurrent=800)
-QUICK = Plan(warmup_cycles=1, sample_seconds=1.5, idle_seconds=1.5, sequential=30, concurrent=48)
+QUICK = Plan(warmup_cycles=1, sample_seconds=1.2, idle_seconds=1.2, sequential=30, concurrent=48)
 
 
 @dataclass
@@ -93,10 +94,11 @@ class Result:
     cpu_per_scrape_conc: float = 0.0
     rss_bytes: int = 0
     connection: str = ""
+    listen_overflows: int | None = None  # TcpExt ListenOverflows during the 8-thread burst (None: unknown)
 
     @property
     def name(self) -> str:
-        return f"{self.gpus} GPU{'s' if self.gpus > 1 else ''} × {self.engines} engine{'s' if self.engines > 1 else ''}"
+        return f"{self.gpus} GPU{'s' if self.gpus > 1 else ''} x {self.engines} engine{'s' if self.engines > 1 else ''}"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -163,6 +165,19 @@ class Scraper:
         return "http.client keep-alive (one connection per client thread)"
 
 
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listen queue was full (this network namespace)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split(), values.split(), strict=False))
+            return int(row["ListenOverflows"]) if "ListenOverflows" in row else None
+    return None
+
+
 def last_timestamp(body: str) -> float | None:
     m = _TIMESTAMP_RE.search(body)
     return float(m.group(1)) if m else None
@@ -176,7 +191,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 response.read()
@@ -203,18 +218,16 @@ def sample_cycles(scraper: Scraper, seconds: float, result: Result) -> None:
     """Poll /metrics 5 times a second; record each new cycle's collector durations."""
     seen: set[float] = set()
     deadline = time.monotonic() + seconds
-    first = True
     while time.monotonic() < deadline:
         body = scraper.get().decode()
         ts = last_timestamp(body)
-        if ts is not None and ts not in seen:
+        if ts is not None and ts not in seen:  # every cycle seen here ran after the warm-up
             seen.add(ts)
             durations = {name: float(v) for name, v in _DURATION_RE.findall(body)}
-            if not first and durations:  # the first one may predate the phase
+            if durations:
                 result.collect_max.append(max(durations.values()))
                 if "nvml" in durations:
                     result.collect_nvml.append(durations["nvml"])
-            first = False
         time.sleep(0.2)
 
 
@@ -242,7 +255,7 @@ def sequential(pid: int, port: int, n: int, idle_rate: float) -> tuple[list[floa
     return latencies, per_scrape, scraper.describe()
 
 
-def concurrent(pid: int, port: int, n: int, idle_rate: float) -> tuple[list[float], float]:
+def concurrent(pid: int, port: int, n: int, idle_rate: float) -> tuple[list[float], float, int | None]:
     per_thread = max(1, n // THREADS)
     latencies: list[list[float]] = [[] for _ in range(THREADS)]
     errors: list[BaseException] = []
@@ -261,16 +274,18 @@ def concurrent(pid: int, port: int, n: int, idle_rate: float) -> tuple[list[floa
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
     for t in threads:
         t.start()
+    o0 = listen_overflows()
     barrier.wait()
     t0, c0 = time.perf_counter(), cpu_seconds(pid)
     for t in threads:
         t.join()
     t1, c1 = time.perf_counter(), cpu_seconds(pid)
+    o1 = listen_overflows()
     if errors:
         raise errors[0]
     flat = [x for lst in latencies for x in lst]
     per_scrape = max(0.0, (c1 - c0) - idle_rate * (t1 - t0)) / len(flat)
-    return flat, per_scrape
+    return flat, per_scrape, (o1 - o0 if o0 is not None and o1 is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -302,7 +317,8 @@ def run_config(gpus: int, engine_urls: list[str], plan: Plan, tmp: Path, nvml_de
         idle_rate, result.cpu_per_cycle, result.cycles = idle_cpu(pid, scraper, plan.idle_seconds)
         result.seq, result.cpu_per_scrape_seq, result.connection = sequential(
             pid, exporter.port, plan.sequential, idle_rate)
-        result.conc, result.cpu_per_scrape_conc = concurrent(pid, exporter.port, plan.concurrent, idle_rate)
+        result.conc, result.cpu_per_scrape_conc, result.listen_overflows = concurrent(
+            pid, exporter.port, plan.concurrent, idle_rate)
         body = scraper.get().decode()
         scraper.close()
         result.body_bytes, result.samples = len(body.encode()), count_samples(body)
@@ -328,23 +344,77 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
 def table(results: list[Result]) -> str:
     ms = 1000.0
     head = ("| configuration | /metrics body | samples | scrape p50 / p99 / max (sequential) "
-            "| scrape p50 / p99 (8 threads) | collection cycle (max collector) | NVML collector "
-            "| CPU per cycle | CPU per scrape (seq / 8 thr) | RSS |")
+            "| scrape p50 / p99 / max (8 threads) | listen-queue overflows (8 threads) "
+            "| collection cycle (max collector) | NVML collector | CPU per cycle "
+            "| CPU per scrape (seq / 8 thr) | RSS |")
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
         rows.append(
             f"| {r.name} | {r.body_bytes / 1024:.1f} KiB | {r.samples} "
             f"| {percentile(r.seq, 50) * ms:.2f} / {percentile(r.seq, 99) * ms:.2f} / {max(r.seq) * ms:.2f} ms "
-            f"| {percentile(r.conc, 50) * ms:.2f} / {percentile(r.conc, 99) * ms:.2f} ms "
-            f"| {statistics.fmean(r.collect_max) * ms:.1f} ms "
-            f"| {statistics.fmean(r.collect_nvml) * ms:.2f} ms "
+            f"| {percentile(r.conc, 50) * ms:.2f} / {percentile(r.conc, 99) * ms:.2f} / {max(r.conc) * ms:.2f} ms "
+            f"| {'?' if r.listen_overflows is None else r.listen_overflows} "
+            f"| {mean(r.collect_max) * ms:.1f} ms "
+            f"| {mean(r.collect_nvml) * ms:.2f} ms "
             f"| {r.cpu_per_cycle * ms:.1f} ms "
             f"| {r.cpu_per_scrape_seq * ms:.2f} / {r.cpu_per_scrape_conc * ms:.2f} ms "
             f"| {r.rss_bytes / 2**20:.1f} MiB |")
     return "\n".join(rows)
+
+
+def profile_engine_read(url: str, reads: int, top: int = 15) -> str:
+    """cProfile ``reads`` calls of EngineSource.read() (this process) against a fake engine (another process)."""
+    import cProfile
+    import io
+    import pstats
+
+    from exporter.config import EngineTarget
+    from exporter.sources import http
+    from exporter.sources.engine import ACCEPT_TEXT, EngineSource
+    from exporter.sources.exposition import parse
+
+    source = EngineSource(EngineTarget("bench", url), timeout=5.0, max_body_bytes=16 * 2**20)
+    source.read()  # warm-up: connection, identity
+    text = http.get(source._session, url + "/metrics", time.monotonic() + 5, 16 * 2**20, ACCEPT_TEXT).body.decode()
+
+    def per_call(fn: Callable[[], object], clock: Callable[[], float]) -> float:
+        """Median over 5 rounds of the mean time of one call (rounds of ``reads`` // 5 calls)."""
+        n = max(1, reads // 5)
+        rounds = []
+        for _ in range(5):
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            rounds.append((clock() - t0) / n)
+        return statistics.median(rounds)
+
+    wall_read = per_call(source.read, time.perf_counter)
+    cpu_read = per_call(source.read, time.process_time)
+    cpu_parse = per_call(lambda: parse(text), time.process_time)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for _ in range(reads):
+        source.read()
+    profiler.disable()
+    wall = (time.perf_counter() - start) / reads
+    out = io.StringIO()
+    out.write(f"/metrics body: {len(text.encode())} bytes, {count_samples(text)} samples\n")
+    out.write(f"EngineSource.read() without profiler: {wall_read * 1000:.1f} ms wall, {cpu_read * 1000:.1f} ms CPU "
+              f"per read; exposition.parse() alone: {cpu_parse * 1000:.1f} ms CPU "
+              f"({cpu_parse / cpu_read:.0%} of a read)\n")
+    out.write(f"EngineSource.read() x {reads} under cProfile: {wall * 1000:.1f} ms per read\n")
+    for order in ("tottime", "cumulative"):
+        stats = pstats.Stats(profiler, stream=out)
+        stats.strip_dirs().sort_stats(order).print_stats(top)
+    return out.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,13 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s): few cycles and scrapes")
     ap.add_argument("--nvml-delay", type=float, default=50e-6,
                     help="seconds the fake NVML sleeps per GPU read (default 50e-6, about one driver call)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: cProfile EngineSource.read() against one fake engine and print the top items")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     sys.path.insert(0, str(ROOT))
     from tests.process import free_port
 
     started = time.monotonic()
-    n_engines = max(e for _, e in CONFIGS)
+    n_engines = 1 if args.profile else max(e for _, e in CONFIGS)
     engines: list[subprocess.Popen[bytes]] = []
     results: list[Result] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -371,8 +443,12 @@ def main(argv: list[str] | None = None) -> int:
                  "--traffic", "--seed", str(i)],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             urls.append(f"http://127.0.0.1:{port}")
-        for url, proc in zip(urls, engines):
+        for url, proc in zip(urls, engines, strict=True):
             wait_http(url + "/metrics", 20, proc)
+        if args.profile:
+            print(f"Machine: {machine()}\n")
+            print(profile_engine_read(urls[0], reads=20 if args.quick else 100))
+            return 0
         with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as tmp:
             for gpus, n in CONFIGS:
                 print(f"running {gpus} GPU(s) x {n} engine(s) ...", file=sys.stderr, flush=True)

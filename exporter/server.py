@@ -37,6 +37,9 @@ LANDING_PAGE = f"""<!DOCTYPE html>
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 dropped connections under 8 concurrent scrapers (each retried
+    # after 1 s; seen in benchmarks/bench_collect.py)
+    request_queue_size = 128
 
 
 class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
