@@ -13,13 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from exporter.samples import EngineIdentity
+from exporter.samples import EngineIdentity, EngineSample
 from exporter.sources import SourceError
-from exporter.sources.engines import adapt, detect_kind, tgi, vllm
+from exporter.sources.engines import adapt, detect_kind, families, tgi, vllm
 from exporter.sources.exposition import parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
+
+
+def read(body: str, timestamp: float = 1.0, identity: EngineIdentity | None = None) -> EngineSample:
+    """What EngineSource does with a body: detect the kind, parse the families its adapter reads, adapt."""
+    kind = detect_kind(body)
+    return adapt(kind, parse(body, families(kind)), timestamp, identity)
 
 
 def text(name: str) -> str:
@@ -51,7 +57,7 @@ VLLM_FIXTURES = ["vllm-v0-0.6.txt", "vllm-v1-0.10.txt", "vllm-v1-dp2.txt", "vllm
 @pytest.mark.parametrize("fixture", VLLM_FIXTURES)
 def test_vllm_counters_gauges_and_latency(fixture: str) -> None:
     body = text(fixture)
-    sample = adapt(parse(body), 100.0, None)
+    sample = read(body, 100.0, None)
     assert sample.kind == "vllm"
     assert sample.counters["prompt_tokens"] == naive_sum(body, "vllm:prompt_tokens_total")
     assert sample.counters["generation_tokens"] == naive_sum(body, "vllm:generation_tokens_total")
@@ -73,7 +79,7 @@ def test_rename_window_counts_each_value_once() -> None:
     # the fixture serves both names with the same values
     assert naive_sum(body, "vllm:gpu_cache_usage_perc") == naive_sum(body, "vllm:kv_cache_usage_perc")
     assert naive_sum(body, "vllm:gpu_prefix_cache_hits_total") == naive_sum(body, "vllm:prefix_cache_hits_total")
-    sample = adapt(parse(body), 1.0, None)
+    sample = read(body, 1.0, None)
     assert sample.gauges["kv_cache_usage_ratio"] == naive_sum(body, "vllm:kv_cache_usage_perc")
     assert sample.counters["prefix_cache_hits"] == naive_sum(body, "vllm:prefix_cache_hits_total")
     assert sample.counters["prefix_cache_queries"] == naive_sum(body, "vllm:prefix_cache_queries_total")
@@ -83,7 +89,7 @@ def test_rename_window_counts_each_value_once() -> None:
 
 def test_v0_names() -> None:
     body = text("vllm-v0-0.6.txt")
-    sample = adapt(parse(body), 1.0, None)
+    sample = read(body, 1.0, None)
     assert sample.gauges["kv_cache_usage_ratio"] == naive_sum(body, "vllm:gpu_cache_usage_perc")
     assert sample.gauges["prefix_cache_hit_ratio"] == naive_sum(body, "vllm:gpu_prefix_cache_hit_rate")
     tpot = sample.histograms["time_per_output_token"]
@@ -95,12 +101,12 @@ def test_kv_capacity_from_cache_config_info() -> None:
         body = text(fixture)
         expected = sum(float(labels["num_gpu_blocks"]) * float(labels["block_size"])
                        for labels, _ in naive(body, "vllm:cache_config_info"))
-        assert adapt(parse(body), 1.0, None).gauges["kv_cache_capacity_tokens"] == expected
+        assert read(body, 1.0, None).gauges["kv_cache_capacity_tokens"] == expected
 
 
 def test_data_parallel_sums_and_weights_kv_usage_by_capacity() -> None:
     body = text("vllm-v1-dp2.txt")
-    sample = adapt(parse(body), 1.0, None)
+    sample = read(body, 1.0, None)
     ranks = {labels["engine"] for labels, _ in naive(body, "vllm:prompt_tokens_total")}
     assert ranks == {"0", "1"}
     assert sample.counters["prompt_tokens"] == sum(naive_sum(body, "vllm:prompt_tokens_total", engine=r) for r in ranks)
@@ -119,7 +125,7 @@ def test_tgi_names_and_identity() -> None:
     identity = tgi.identity({"/info": info})
     assert identity.model == info["model_id"]
     assert identity.max_batch_total_tokens == info["max_batch_total_tokens"]
-    sample = adapt(parse(body), 1.0, identity)
+    sample = read(body, 1.0, identity)
     assert sample.kind == "tgi"
     assert sample.counters["generation_tokens"] == naive_sum(body, "tgi_request_generated_tokens_sum")
     assert sample.counters["prompt_tokens"] == naive_sum(body, "tgi_request_input_length_sum")
@@ -136,7 +142,7 @@ def test_tgi_names_and_identity() -> None:
 
 def test_tgi_3_info_has_no_batch_total_tokens_so_no_kv_capacity() -> None:
     identity = tgi.identity({"/info": json.loads(text("tgi-3.x.info.json"))})
-    sample = adapt(parse(text("tgi-3.x.txt")), 1.0, identity)
+    sample = read(text("tgi-3.x.txt"), 1.0, identity)
     assert identity.version and identity.model
     assert "kv_cache_capacity_tokens" not in sample.gauges
     assert "kv_cache_usage_ratio" not in sample.gauges
@@ -155,7 +161,7 @@ def test_vllm_identity_prefers_the_base_model_over_lora_adapters() -> None:
 
 def test_unknown_and_garbage_bodies() -> None:
     with pytest.raises(SourceError, match="no vLLM"):
-        detect_kind(parse("node_load1 0.5\n"))
+        detect_kind("node_load1 0.5\n# HELP vllm_like not_vllm\n")
     with pytest.raises(SourceError, match="invalid Prometheus exposition"):
         parse("<html>502 Bad Gateway</html>\n")
 
@@ -163,7 +169,7 @@ def test_unknown_and_garbage_bodies() -> None:
 def test_nan_and_inf_samples_do_not_poison_sums() -> None:
     body = ('vllm:prompt_tokens_total{engine="0"} NaN\nvllm:prompt_tokens_total{engine="1"} 5\n'
             'vllm:num_requests_running{engine="0"} +Inf\n')
-    sample = adapt(parse(body), 1.0, None)
+    sample = read(body, 1.0, None)
     assert sample.counters["prompt_tokens"] == 5
     assert "requests_running" not in sample.gauges
     assert all(math.isfinite(v) for v in sample.counters.values())
@@ -172,7 +178,7 @@ def test_nan_and_inf_samples_do_not_poison_sums() -> None:
 def test_real_vllm_kv_cache_full_capture() -> None:
     # recorded mid-burst with --num-gpu-blocks-override 12 (tests/fixtures/engines/REAL_VLLM.md)
     body = text("vllm-0.32.0-real-kvfull.txt")
-    sample = adapt(parse(body), 1.0, None)
+    sample = read(body, 1.0, None)
     assert sample.gauges["kv_cache_usage_ratio"] == 1.0
     assert sample.gauges["requests_waiting"] == naive_sum(body, "vllm:num_requests_waiting") > 0
     assert sample.counters["preemptions"] == naive_sum(body, "vllm:num_preemptions_total") > 0
@@ -184,7 +190,7 @@ def test_windowed_stats_between_two_real_scrapes() -> None:
     from exporter.derive.engine import engine_stats
 
     a, b = text("vllm-0.32.0-real-a.txt"), text("vllm-0.32.0-real-b.txt")
-    first, second = adapt(parse(a), 1000.0, None), adapt(parse(b), 1010.0, None)
+    first, second = read(a, 1000.0, None), read(b, 1010.0, None)
     stats = engine_stats([first, second], (0.5, 0.99))
     for counter, rate in (("vllm:generation_tokens_total", "generation_tokens_per_second"),
                           ("vllm:prompt_tokens_total", "prompt_tokens_per_second"),
@@ -205,3 +211,12 @@ def test_windowed_stats_between_two_real_scrapes() -> None:
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(bound)
+
+
+@pytest.mark.parametrize("fixture", [*VLLM_FIXTURES, "vllm-0.32.0-real-kvfull.txt", "tgi-3.x.txt"])
+def test_reading_only_the_needed_families_changes_nothing(fixture: str) -> None:
+    body = text(fixture)
+    kind = detect_kind(body)
+    identity = EngineIdentity(max_batch_total_tokens=100000.0)
+    assert read(body, 1.0, identity) == adapt(kind, parse(body), 1.0, identity)
+    assert len(parse(body, families(kind)).samples) < len(parse(body).samples)

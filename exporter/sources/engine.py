@@ -14,7 +14,7 @@ import requests
 from exporter.config import EngineTarget
 from exporter.samples import EngineIdentity, EngineSample
 from exporter.sources import SourceError, http
-from exporter.sources.engines import adapt, detect_kind, tgi, vllm
+from exporter.sources.engines import adapt, detect_kind, families, tgi, vllm
 from exporter.sources.exposition import parse
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,16 @@ class EngineSource:
                             ACCEPT_TEXT)
         if response.status != 200:
             raise SourceError(f"HTTP {response.status} from {self.target.url}/metrics")
-        exposition = parse(response.body.decode("utf-8", errors="replace"))
-        kind = detect_kind(exposition)
+        text = response.body.decode("utf-8", errors="replace")
+        kind = detect_kind(text)
+        exposition = parse(text, families(kind))
         now = self._clock()
-        sample = adapt(exposition, now, self._identity)
+        sample = adapt(kind, exposition, now, self._identity)
         restarted = self._last is not None and counters_went_back(self._last, sample)
         if restarted or kind != self._identity_kind or now - self._identity_at > IDENTITY_TTL_SECONDS:
             self._identity = self._read_identity(kind, deadline)
             self._identity_kind, self._identity_at = kind, now
-            sample = adapt(exposition, now, self._identity)
+            sample = adapt(kind, exposition, now, self._identity)
         self._last = sample
         return EngineReading(sample, self._identity)
 

@@ -86,8 +86,42 @@ def _key(labels: Labels) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
 
-def parse(text: str) -> Exposition:
-    """Parse exposition text; raise SourceError (one line) when it is not valid."""
+SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+def family_base(name: str) -> str:
+    """A wire name without its sample suffix and ``_total``: ``vllm:ttft_seconds_bucket`` -> ``vllm:ttft_seconds``."""
+    for suffix in SUFFIXES[:3]:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.removesuffix("_total")
+
+
+def _line_name(line: str) -> str:
+    if line.startswith("#"):
+        parts = line.split(None, 3)
+        return parts[2] if len(parts) > 2 and parts[1] in {"HELP", "TYPE"} else ""
+    end = len(line)
+    for stop in ("{", " ", "\t"):
+        position = line.find(stop)
+        if position != -1:
+            end = min(end, position)
+    return line[:end]
+
+
+def select_families(text: str, bases: frozenset[str]) -> str:
+    """Only the lines of the families in ``bases`` (by family_base): the parser is the collection's
+    main cost, and an engine serves many families infermeter never reads (process_*, http_*, *_created)."""
+    return "\n".join(line for line in text.splitlines()
+                     if line.strip() and family_base(_line_name(line)) in bases) + "\n"
+
+
+def parse(text: str, bases: frozenset[str] | None = None) -> Exposition:
+    """Parse exposition text (only the families in ``bases``, when given); raise SourceError (one line)
+    when it is not valid."""
+    if bases is not None:
+        text = select_families(text, bases)
     samples: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
     try:
         for family in text_string_to_metric_families(text):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from exporter.samples import EngineIdentity, EngineSample, Histogram
 from exporter.sources import SourceError
-from exporter.sources.exposition import Exposition
+from exporter.sources.exposition import Exposition, family_base
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ class EngineNames:
                         return labels[self.model_label]
         return None
 
+    def families(self, *extra: str) -> frozenset[str]:
+        """Family base names the adapter reads (what parse() keeps)."""
+        names = [*extra, *(n for table in (self.counters, self.gauges, self.histograms)
+                           for candidates in table.values() for n in candidates)]
+        return frozenset(family_base(n) for n in names)
+
     def sample(self, exposition: Exposition, timestamp: float) -> EngineSample:
         """The canonical sample from the name tables alone (adapters add engine-specific fields)."""
         counters = {k: v for k, names in self.counters.items()
@@ -63,22 +69,27 @@ class EngineNames:
                             histograms=histograms, model_label=self.model_in_labels(exposition))
 
 
-def detect_kind(exposition: Exposition) -> str:
-    """The engine kind from its metric names; SourceError when none is recognised."""
-    names = list(exposition.names())
-    if any(n.startswith("vllm:") for n in names):
+def detect_kind(text: str) -> str:
+    """The engine kind from the metric names in an exposition body; SourceError when none is recognised."""
+    if "\nvllm:" in text or text.startswith("vllm:") or "# TYPE vllm:" in text:
         return "vllm"
-    if any(n.startswith("tgi_") for n in names):
+    if "\ntgi_" in text or text.startswith("tgi_") or "# TYPE tgi_" in text:
         return "tgi"
     raise SourceError("no vLLM (vllm:*) or TGI (tgi_*) metrics in the response; is this an inference server's "
                       "/metrics?")
 
 
-def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:
-    """Detect the engine kind and map its exposition to an EngineSample."""
+def families(kind: str) -> frozenset[str]:
+    """The family base names the adapter for ``kind`` reads."""
     from exporter.sources.engines import tgi, vllm
 
-    kind = detect_kind(exposition)
+    return vllm.FAMILIES if kind == "vllm" else tgi.FAMILIES
+
+
+def adapt(kind: str, exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:
+    """Map an engine's exposition to an EngineSample."""
+    from exporter.sources.engines import tgi, vllm
+
     if kind == "vllm":
         return vllm.adapt(exposition, timestamp)
     return tgi.adapt(exposition, timestamp, identity)

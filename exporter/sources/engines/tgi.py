@@ -36,6 +36,7 @@ NAMES = EngineNames(
 )
 
 BATCH_TOKENS = "tgi_batch_current_max_tokens"
+FAMILIES = NAMES.families(BATCH_TOKENS)
 
 
 def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:

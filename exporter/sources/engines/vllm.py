@@ -51,6 +51,7 @@ NAMES = EngineNames(
 # renamed in 0.9: gpu_cache_usage_perc -> kv_cache_usage_perc (both 0..1 fractions)
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_CONFIG = "vllm:cache_config_info"
+FAMILIES = NAMES.families(*KV_USAGE, CACHE_CONFIG)
 
 
 def _number(text: str | None) -> float | None:
