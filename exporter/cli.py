@@ -48,7 +48,7 @@ def run(config: Config, stop: threading.Event) -> int:
     nvml, nvml_ok = _nvml_source(config)
     engines = [EngineSource(t, config.timeout, config.max_body_bytes) for t in config.engines]
     if not engines:
-        log.warning("no engine configured (--engine URL): serving GPU and exporter metrics only")
+        log.warning("no engine configured (--engine URL): only GPU and infermeter's own metrics are served")
     collection = Collection(config, nvml, engines)
     if nvml is not None and not nvml_ok:
         collection.known_failing(NVML)

@@ -180,7 +180,11 @@ class Collection:
                 identity.kind = result.sample.kind
                 identity.model = result.identity.model or result.sample.model_label or identity.model
                 identity.version = result.identity.version or ""
-                stats = engine_stats(window.samples(), QUANTILES)
+                try:
+                    stats = engine_stats(window.samples(), QUANTILES)
+                except Exception:  # a derivation bug must cost this engine's series, not the snapshot
+                    log.exception("engine %s: deriving windowed statistics failed", name)
+                    window.clear()
             engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
             views.append(EngineView(
                 name=name, up=stats is not None, kind=identity.kind, model=identity.model,

@@ -144,3 +144,24 @@ def test_a_lost_gpu_is_logged_once_and_the_others_still_served(caplog: pytest.Lo
     assert counts == [2, 1, 1, 2]
     assert caplog.text.count("GPU 1 could not be read through NVML") == 1
     assert caplog.text.count("GPU 1 answers NVML again") == 1
+
+
+def test_a_derivation_bug_costs_one_engine_not_the_snapshot(
+        rename_window_engine: tuple[FakeEngine, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import exporter.collection as collection_module
+
+    _, url = rename_window_engine
+    clock = Clock()
+    collection = collection_for(url, clock)
+
+    def broken(*_: object) -> None:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(collection_module, "engine_stats", broken)
+    snapshot = collection.run_once()
+    assert snapshot.timestamp == clock.now and not snapshot.engines[0].up
+    assert "deriving windowed statistics failed" in caplog.text
+    monkeypatch.undo()
+    clock.now += 1
+    assert collection.run_once().engines[0].up
