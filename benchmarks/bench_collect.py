@@ -378,7 +378,7 @@ def profile_engine_read(url: str, reads: int, top: int = 15) -> str:
     from exporter.config import EngineTarget
     from exporter.sources import http
     from exporter.sources.engine import ACCEPT_TEXT, EngineSource
-    from exporter.sources.engines import detect_kind, families
+    from exporter.sources.engines import detect
     from exporter.sources.exposition import parse
 
     source = EngineSource(EngineTarget("bench", url), timeout=5.0, max_body_bytes=16 * 2**20)
@@ -398,7 +398,7 @@ def profile_engine_read(url: str, reads: int, top: int = 15) -> str:
 
     wall_read = per_call(source.read, time.perf_counter)
     cpu_read = per_call(source.read, time.process_time)
-    wanted = families(detect_kind(text))
+    wanted = detect(text).families
     cpu_parse = per_call(lambda: parse(text, wanted), time.process_time)
     cpu_parse_all = per_call(lambda: parse(text), time.process_time)
     profiler = cProfile.Profile()

@@ -15,7 +15,7 @@ import pytest
 
 from exporter.samples import EngineIdentity, EngineSample
 from exporter.sources import SourceError
-from exporter.sources.engines import adapt, detect_kind, families, tgi, vllm
+from exporter.sources.engines import detect, tgi, vllm
 from exporter.sources.exposition import parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
@@ -24,8 +24,8 @@ LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s
 
 def read(body: str, timestamp: float = 1.0, identity: EngineIdentity | None = None) -> EngineSample:
     """What EngineSource does with a body: detect the kind, parse the families its adapter reads, adapt."""
-    kind = detect_kind(body)
-    return adapt(kind, parse(body, families(kind)), timestamp, identity)
+    adapter = detect(body)
+    return adapter.adapt(parse(body, adapter.families), timestamp, identity)
 
 
 def text(name: str) -> str:
@@ -160,8 +160,8 @@ def test_vllm_identity_prefers_the_base_model_over_lora_adapters() -> None:
 
 
 def test_unknown_and_garbage_bodies() -> None:
-    with pytest.raises(SourceError, match="no vLLM"):
-        detect_kind("node_load1 0.5\n# HELP vllm_like not_vllm\n")
+    with pytest.raises(SourceError, match=r"no metrics of a known engine in the response \(vllm \(vllm:\*\)"):
+        detect("node_load1 0.5\n# HELP vllm_like not_vllm\n")
     with pytest.raises(SourceError, match="invalid Prometheus exposition"):
         parse("<html>502 Bad Gateway</html>\n")
 
@@ -216,7 +216,7 @@ def _le(bound: float) -> str:
 @pytest.mark.parametrize("fixture", [*VLLM_FIXTURES, "vllm-0.32.0-real-kvfull.txt", "tgi-3.x.txt"])
 def test_reading_only_the_needed_families_changes_nothing(fixture: str) -> None:
     body = text(fixture)
-    kind = detect_kind(body)
+    adapter = detect(body)
     identity = EngineIdentity(max_batch_total_tokens=100000.0)
-    assert read(body, 1.0, identity) == adapt(kind, parse(body), 1.0, identity)
-    assert len(parse(body, families(kind)).samples) < len(parse(body).samples)
+    assert read(body, 1.0, identity) == adapter.adapt(parse(body), 1.0, identity)
+    assert len(parse(body, adapter.families).samples) < len(parse(body).samples)

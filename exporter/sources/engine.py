@@ -14,7 +14,7 @@ import requests
 from exporter.config import EngineTarget
 from exporter.samples import EngineIdentity, EngineSample
 from exporter.sources import SourceError, http
-from exporter.sources.engines import adapt, detect_kind, families, tgi, vllm
+from exporter.sources.engines import Adapter, detect
 from exporter.sources.exposition import parse
 
 log = logging.getLogger(__name__)
@@ -57,23 +57,21 @@ class EngineSource:
         if response.status != 200:
             raise SourceError(f"HTTP {response.status} from {self.target.url}/metrics")
         text = response.body.decode("utf-8", errors="replace")
-        kind = detect_kind(text)
-        exposition = parse(text, families(kind))
+        adapter = detect(text)
+        exposition = parse(text, adapter.families)
         now = self._clock()
-        sample = adapt(kind, exposition, now, self._identity)
+        sample = adapter.adapt(exposition, now, self._identity)
         restarted = self._last is not None and counters_went_back(self._last, sample)
-        if restarted or kind != self._identity_kind or now - self._identity_at > IDENTITY_TTL_SECONDS:
-            self._identity = self._read_identity(kind, deadline)
-            self._identity_kind, self._identity_at = kind, now
-            sample = adapt(kind, exposition, now, self._identity)
+        if restarted or adapter.kind != self._identity_kind or now - self._identity_at > IDENTITY_TTL_SECONDS:
+            self._identity = self._read_identity(adapter, deadline)
+            self._identity_kind, self._identity_at = adapter.kind, now
+            sample = adapter.adapt(exposition, now, self._identity)
         self._last = sample
         return EngineReading(sample, self._identity)
 
-    def _read_identity(self, kind: str, deadline: float) -> EngineIdentity:
-        paths, parse_identity = (vllm.IDENTITY_PATHS, vllm.identity) if kind == "vllm" else (
-            tgi.IDENTITY_PATHS, tgi.identity)
+    def _read_identity(self, adapter: Adapter, deadline: float) -> EngineIdentity:
         documents: dict[str, Any] = {}
-        for path in paths:
+        for path in adapter.identity_paths:
             try:
                 response = http.get(self._session, self.target.url + path, deadline, 1024 * 1024,
                                     "application/json")
@@ -81,7 +79,7 @@ class EngineSource:
                     documents[path] = json.loads(response.body)
             except (SourceError, ValueError) as err:
                 log.debug("engine %s: identity %s unavailable: %s", self.target.name, path, err)
-        return parse_identity(documents)
+        return adapter.identity(documents)
 
     def close(self) -> None:
         self._session.close()

@@ -7,8 +7,9 @@ values; the first name present wins, so nothing is counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample, Histogram
 from exporter.sources import SourceError
@@ -69,37 +70,49 @@ class EngineNames:
                             histograms=histograms, model_label=self.model_in_labels(exposition))
 
 
-def detect_kind(text: str) -> str:
-    """The engine kind from the metric names in an exposition body; SourceError when none is recognised."""
-    if "\nvllm:" in text or text.startswith("vllm:") or "# TYPE vllm:" in text:
-        return "vllm"
-    if "\ntgi_" in text or text.startswith("tgi_") or "# TYPE tgi_" in text:
-        return "tgi"
-    raise SourceError("no vLLM (vllm:*) or TGI (tgi_*) metrics in the response; is this an inference server's "
-                      "/metrics?")
+@dataclass(frozen=True)
+class Adapter:
+    """Everything infermeter knows about one engine kind."""
+
+    names: EngineNames
+    # family base names the adapter reads (parse() keeps only these)
+    families: frozenset[str]
+    identity_paths: tuple[str, ...]
+    identity: Callable[[Mapping[str, Any]], EngineIdentity]
+    adapt: Callable[[Exposition, float, EngineIdentity | None], EngineSample]
+
+    @property
+    def kind(self) -> str:
+        return self.names.kind
+
+    def serves(self, text: str) -> bool:
+        """True when an exposition body holds this engine's metric names."""
+        prefix = self.names.prefix
+        return text.startswith(prefix) or f"\n{prefix}" in text or f"# TYPE {prefix}" in text
 
 
-def families(kind: str) -> frozenset[str]:
-    """The family base names the adapter for ``kind`` reads."""
+def adapters() -> tuple[Adapter, ...]:
+    """Every engine adapter, in detection order."""
     from exporter.sources.engines import tgi, vllm
 
-    return vllm.FAMILIES if kind == "vllm" else tgi.FAMILIES
+    return (vllm.ADAPTER, tgi.ADAPTER)
 
 
-def adapt(kind: str, exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:
-    """Map an engine's exposition to an EngineSample."""
-    from exporter.sources.engines import tgi, vllm
-
-    if kind == "vllm":
-        return vllm.adapt(exposition, timestamp)
-    return tgi.adapt(exposition, timestamp, identity)
+def detect(text: str) -> Adapter:
+    """The adapter for an exposition body, from its metric names; SourceError when none matches."""
+    for adapter in adapters():
+        if adapter.serves(text):
+            return adapter
+    known = ", ".join(f"{a.kind} ({a.names.prefix}*)" for a in adapters())
+    raise SourceError(f"no metrics of a known engine in the response ({known}); is this an inference "
+                      "server's /metrics?")
 
 
 def markdown_mapping() -> str:
     """docs/engines.md's table: which engine names feed each canonical field, preferred first."""
     from exporter.sources.engines import tgi, vllm
 
-    engines = (vllm.NAMES, tgi.NAMES)
+    engines = tuple(a.names for a in adapters())
     extra: dict[str, dict[str, tuple[str, ...]]] = {"vllm": {"kv_cache_usage_ratio": vllm.KV_USAGE,
                       "kv_cache_capacity_tokens": (f"{vllm.CACHE_CONFIG} num_gpu_blocks x block_size",)},
              "tgi": {"kv_cache_usage_ratio": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",),

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import EngineNames
+from exporter.sources.engines import Adapter, EngineNames
 from exporter.sources.exposition import Exposition
 
 NAMES = EngineNames(
@@ -36,7 +36,6 @@ NAMES = EngineNames(
 )
 
 BATCH_TOKENS = "tgi_batch_current_max_tokens"
-FAMILIES = NAMES.families(BATCH_TOKENS)
 
 
 def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:
@@ -66,3 +65,6 @@ def identity(documents: Mapping[str, Any]) -> EngineIdentity:
     return EngineIdentity(model=model if isinstance(model, str) else None,
                           version=version if isinstance(version, str) else None,
                           max_batch_total_tokens=capacity)
+
+
+ADAPTER = Adapter(NAMES, NAMES.families(BATCH_TOKENS), IDENTITY_PATHS, identity, adapt)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import EngineNames
+from exporter.sources.engines import Adapter, EngineNames
 from exporter.sources.exposition import Exposition
 
 NAMES = EngineNames(
@@ -51,7 +51,6 @@ NAMES = EngineNames(
 # renamed in 0.9: gpu_cache_usage_perc -> kv_cache_usage_perc (both 0..1 fractions)
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_CONFIG = "vllm:cache_config_info"
-FAMILIES = NAMES.families(*KV_USAGE, CACHE_CONFIG)
 
 
 def _number(text: str | None) -> float | None:
@@ -89,7 +88,7 @@ def kv_usage(exposition: Exposition, capacity: Mapping[str, float]) -> float | N
     return None
 
 
-def adapt(exposition: Exposition, timestamp: float) -> EngineSample:
+def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None) -> EngineSample:
     base = NAMES.sample(exposition, timestamp)
     capacity = kv_capacity_by_rank(exposition)
     gauges = dict(base.gauges)
@@ -117,3 +116,6 @@ def identity(documents: Mapping[str, Any]) -> EngineIdentity:
     version_doc = documents.get("/version")
     version = version_doc.get("version") if isinstance(version_doc, Mapping) else None
     return EngineIdentity(model=model, version=version if isinstance(version, str) else None)
+
+
+ADAPTER = Adapter(NAMES, NAMES.families(*KV_USAGE, CACHE_CONFIG), IDENTITY_PATHS, identity, adapt)
