@@ -70,7 +70,9 @@ class EngineSample:
     """One scrape of an inference server, mapped onto infermeter's canonical fields.
 
     ``counters`` keys: prompt_tokens, generation_tokens, requests_finished, preemptions,
-    prefix_cache_queries, prefix_cache_hits.
+    prefix_cache_queries, prefix_cache_hits, prefill_seconds and decode_seconds (GPU time the
+    engine spent in each phase), engine_flops_per_gpu and engine_read_bytes_per_gpu (vLLM's own
+    estimates, with --enable-mfu-metrics).
     ``gauges`` keys: requests_running, requests_waiting, kv_cache_usage_ratio,
     kv_cache_capacity_tokens, prefix_cache_hit_ratio (engines that only report a ratio).
     ``histograms`` keys: time_to_first_token, time_per_output_token, inter_token_latency,
@@ -85,6 +87,9 @@ class EngineSample:
     histograms: Mapping[str, Histogram] = field(default_factory=dict)
     # The model name the metrics carry (vLLM `model_name`), when they carry one.
     model_label: str | None = None
+    # Engine configuration the metrics carry (vLLM cache_config_info labels: cache_dtype,
+    # gpu_memory_utilization, block_size, ...), for the analytic model.
+    config: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,5 +98,7 @@ class EngineIdentity:
 
     model: str | None = None
     version: str | None = None
+    # Where the engine loaded the model from (vLLM /v1/models "root"), when it says.
+    model_root: str | None = None
     # TGI /info max_batch_total_tokens, where the build reports it.
     max_batch_total_tokens: float | None = None

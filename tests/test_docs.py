@@ -21,13 +21,13 @@ def _block(name: str, document: Path = README) -> str:
 
 
 def test_metric_table_is_generated_from_the_catalogue() -> None:
-    assert _block("metrics") == markdown_table(), "run: python -m exporter.catalog, and paste it into README.md"
+    assert _block("metrics") == markdown_table(), "run: python3 tools/update_docs.py"
 
 
 def test_cli_reference_is_generated_from_the_settings() -> None:
-    assert _block("cli") == markdown_reference(), "run: python -m exporter.config, and paste it into README.md"
+    assert _block("cli") == markdown_reference(), "run: python3 tools/update_docs.py"
 
 
 def test_engine_mapping_in_docs_is_generated_from_the_adapters() -> None:
     assert _block("mapping", ROOT / "docs" / "engines.md") == markdown_mapping(), \
-        "run: python -m exporter.sources.engines, and paste it into docs/engines.md"
+        "run: python3 tools/update_docs.py"

@@ -153,7 +153,7 @@ def test_vllm_identity_prefers_the_base_model_over_lora_adapters() -> None:
         {"id": "sql-lora", "root": "/adapters/sql", "parent": "llama"},
         {"id": "llama", "root": "/models/llama", "parent": None}]}
     identity = vllm.identity({"/v1/models": models, "/version": {"version": "0.10.2"}})
-    assert identity == EngineIdentity(model="llama", version="0.10.2")
+    assert identity == EngineIdentity(model="llama", version="0.10.2", model_root="/models/llama")
     real = json.loads(text("vllm-0.32.0-real-a.models.json"))
     assert vllm.identity({"/v1/models": real}).model == "tinyllama"
     assert vllm.identity({}).model is None

@@ -25,14 +25,23 @@ class LatencySummary:
     quantiles: Mapping[float, float]
     count: float
     sum: float
+    # the mean of the observations that happened in the window (None when none did)
+    window_mean: float | None = None
 
 
 @dataclass(frozen=True)
 class EngineStats:
     latency: Mapping[str, LatencySummary] = field(default_factory=dict)
+    # exported rate name -> per second (see RATES)
     rates: Mapping[str, float] = field(default_factory=dict)
     prefix_cache_hit_ratio: float | None = None
+    # the latest value of each gauge
     gauges: Mapping[str, float] = field(default_factory=dict)
+    # every canonical counter -> per second over the window
+    counter_rates: Mapping[str, float] = field(default_factory=dict)
+    # each gauge's mean and maximum over the window
+    gauge_means: Mapping[str, float] = field(default_factory=dict)
+    gauge_max: Mapping[str, float] = field(default_factory=dict)
 
 
 def _counter_series(samples: Sequence[EngineSample], key: str) -> tuple[list[float], list[float]]:
@@ -50,15 +59,23 @@ def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> Engine
     for name, current in latest.histograms.items():
         window = [s.histograms[name] for s in samples if name in s.histograms]
         delta = histogram_increase(window)
+        mean = delta.sum / delta.count if delta is not None and delta.count > 0 else None
         latency[name] = LatencySummary(quantiles(qs, delta) if delta is not None else {},
-                                       current.count, current.sum)
-    rates: dict[str, float] = {}
-    for counter, exported in RATES.items():
-        if counter in latest.counters:
-            rate = counter_rate(*_counter_series(samples, counter))
-            if rate is not None:
-                rates[exported] = rate
-    return EngineStats(latency, rates, _prefix_hit_ratio(samples), dict(latest.gauges))
+                                       current.count, current.sum, mean)
+    counter_rates: dict[str, float] = {}
+    for counter in latest.counters:
+        rate = counter_rate(*_counter_series(samples, counter))
+        if rate is not None:
+            counter_rates[counter] = rate
+    rates = {exported: counter_rates[c] for c, exported in RATES.items() if c in counter_rates}
+    means: dict[str, float] = {}
+    highest: dict[str, float] = {}
+    for gauge in latest.gauges:
+        values = [s.gauges[gauge] for s in samples if gauge in s.gauges]
+        means[gauge] = sum(values) / len(values)
+        highest[gauge] = max(values)
+    return EngineStats(latency, rates, _prefix_hit_ratio(samples), dict(latest.gauges), counter_rates, means,
+                       highest)
 
 
 def _prefix_hit_ratio(samples: Sequence[EngineSample]) -> float | None:

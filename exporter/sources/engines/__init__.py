@@ -113,22 +113,27 @@ def markdown_mapping() -> str:
     from exporter.sources.engines import tgi, vllm
 
     engines = tuple(a.names for a in adapters())
-    extra: dict[str, dict[str, tuple[str, ...]]] = {"vllm": {"kv_cache_usage_ratio": vllm.KV_USAGE,
-                      "kv_cache_capacity_tokens": (f"{vllm.CACHE_CONFIG} num_gpu_blocks x block_size",)},
-             "tgi": {"kv_cache_usage_ratio": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",),
-                     "kv_cache_capacity_tokens": ("/info max_batch_total_tokens",)}}
+    # fields an adapter computes beyond its name tables: field kind -> field -> engine kind -> sources
+    computed: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+        "counter": {name: {"vllm": (f"{wire} (mean over data-parallel ranks)",)}
+                    for name, wire in vllm.PER_GPU.items()},
+        "gauge": {
+            "kv_cache_usage_ratio": {"vllm": vllm.KV_USAGE,
+                                     "tgi": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",)},
+            "kv_cache_capacity_tokens": {"vllm": (f"{vllm.CACHE_CONFIG} num_gpu_blocks x block_size",),
+                                         "tgi": ("/info max_batch_total_tokens",)},
+        },
+    }
     rows = ["| Field | Kind | " + " | ".join(e.kind for e in engines) + " |",
             "| --- | --- | " + " | ".join("---" for _ in engines) + " |"]
     for kind, table in (("counter", "counters"), ("gauge", "gauges"), ("histogram", "histograms")):
-        fields = sorted({f for e in engines for f in getattr(e, table)})
-        if kind == "gauge":
-            fields = sorted({*fields, "kv_cache_usage_ratio", "kv_cache_capacity_tokens"})
+        extra = computed.get(kind, {})
+        fields = sorted({f for e in engines for f in getattr(e, table)} | set(extra))
         for name in fields:
             cells = []
             for e in engines:
                 mapping: Mapping[str, tuple[str, ...]] = getattr(e, table)
-                names = mapping.get(name) or extra[e.kind].get(name) or ()
+                names = mapping.get(name) or extra.get(name, {}).get(e.kind) or ()
                 cells.append(", ".join(f"`{n}`" for n in names) or "absent")
             rows.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
-

@@ -28,6 +28,9 @@ NAMES = EngineNames(
         # renamed in 0.9 (gpu_prefix_cache_* deprecated, both served for a while)
         "prefix_cache_queries": ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total"),
         "prefix_cache_hits": ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total"),
+        # time requests spent in prefill and decode (the cost split by GPU time)
+        "prefill_seconds": ("vllm:request_prefill_time_seconds_sum",),
+        "decode_seconds": ("vllm:request_decode_time_seconds_sum",),
     },
     gauges={
         "requests_running": ("vllm:num_requests_running",),
@@ -48,6 +51,9 @@ NAMES = EngineNames(
     },
 )
 
+# --enable-mfu-metrics: vLLM's own estimates, per GPU (averaged over data-parallel ranks, not summed)
+PER_GPU = {"engine_flops_per_gpu": "vllm:estimated_flops_per_gpu_total",
+           "engine_read_bytes_per_gpu": "vllm:estimated_read_bytes_per_gpu_total"}
 # renamed in 0.9: gpu_cache_usage_perc -> kv_cache_usage_perc (both 0..1 fractions)
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_CONFIG = "vllm:cache_config_info"
@@ -91,14 +97,25 @@ def kv_usage(exposition: Exposition, capacity: Mapping[str, float]) -> float | N
 def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None) -> EngineSample:
     base = NAMES.sample(exposition, timestamp)
     capacity = kv_capacity_by_rank(exposition)
+    counters = dict(base.counters)
+    for field_name, wire in PER_GPU.items():
+        values = [v for _, v in exposition.series(wire) if math.isfinite(v)]
+        if values:
+            counters[field_name] = math.fsum(values) / len(values)
     gauges = dict(base.gauges)
     if capacity:
         gauges["kv_cache_capacity_tokens"] = math.fsum(capacity.values())
     usage = kv_usage(exposition, capacity)
     if usage is not None:
         gauges["kv_cache_usage_ratio"] = usage
-    return EngineSample(timestamp=base.timestamp, kind=base.kind, counters=base.counters, gauges=gauges,
-                        histograms=base.histograms, model_label=base.model_label)
+    return EngineSample(timestamp=base.timestamp, kind=base.kind, counters=counters, gauges=gauges,
+                        histograms=base.histograms, model_label=base.model_label, config=cache_config(exposition))
+
+
+def cache_config(exposition: Exposition) -> dict[str, str]:
+    """The first data-parallel rank's cache_config_info labels (the ranks share one config)."""
+    series = exposition.series(CACHE_CONFIG)
+    return {k: v for k, v in series[0][0].items() if k != "engine"} if series else {}
 
 
 IDENTITY_PATHS = ("/v1/models", "/version")
@@ -113,9 +130,15 @@ def identity(documents: Mapping[str, Any]) -> EngineIdentity:
         base = [m for m in entries if not m.get("parent")]
         if base or entries:
             model = (base or entries)[0]["id"]
+    root = None
+    if isinstance(models, Mapping) and isinstance(models.get("data"), list):
+        for entry in models["data"]:
+            if isinstance(entry, Mapping) and entry.get("id") == model and isinstance(entry.get("root"), str):
+                root = entry["root"]
     version_doc = documents.get("/version")
     version = version_doc.get("version") if isinstance(version_doc, Mapping) else None
-    return EngineIdentity(model=model, version=version if isinstance(version, str) else None)
+    return EngineIdentity(model=model, version=version if isinstance(version, str) else None, model_root=root)
 
 
-ADAPTER = Adapter(NAMES, NAMES.families(*KV_USAGE, CACHE_CONFIG), IDENTITY_PATHS, identity, adapt)
+ADAPTER = Adapter(NAMES, NAMES.families(*KV_USAGE, CACHE_CONFIG, *PER_GPU.values()), IDENTITY_PATHS, identity,
+                  adapt)
