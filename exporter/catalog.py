@@ -71,6 +71,13 @@ CATALOG: tuple[MetricSpec, ...] = (
     _gpu("gpu_sm_clock_hertz", "gauge", "hertz", "Streaming multiprocessor clock."),
     _gpu("gpu_energy_joules_total", "counter", "joules",
          "Energy consumed since the driver was loaded (NVML total energy consumption)."),
+    MetricSpec(PREFIX + "gpu_peak_flops", "gauge", "FLOP/s",
+               "Dense tensor peak by data type, from infermeter's GPU catalogue (or the config).",
+               ("gpu", "uuid", "dtype"), "gpu"),
+    _gpu("gpu_memory_bandwidth_bytes_per_second", "gauge", "bytes per second",
+         "Peak memory bandwidth, from infermeter's GPU catalogue (or the config)."),
+    _gpu("gpu_cost_dollars_per_hour", "gauge", "dollars per hour",
+         "Price of this GPU per hour (--gpu-hourly-cost, the config, or the catalogue's --pricing price)."),
     # --- engines ---
     _engine("engine_up", "gauge", "",
             "1 if the engine's /metrics was read and parsed in the last collection, else 0."),
@@ -108,6 +115,52 @@ CATALOG: tuple[MetricSpec, ...] = (
             "max batch total tokens)."),
     _engine("kv_cache_capacity_tokens", "gauge", "tokens",
             "Tokens the KV cache holds (vLLM num_gpu_blocks x block_size; TGI max_batch_total_tokens)."),
+    # --- analytic expectations (docs/analytic-model.md) ---
+    _engine("model_info", "info", "", "The model architecture the analytic model uses and where it came from; "
+            "value 1.", ("engine", "kind", "model", "architecture", "weight_dtype", "spec_source")),
+    _engine("model_weight_bytes", "gauge", "bytes", "Bytes of the model's weights (dtype and quantisation included)."),
+    _engine("kv_cache_bytes_per_token", "gauge", "bytes",
+            "KV cache bytes per token: 2 x layers x KV heads x head dim x KV dtype bytes."),
+    _engine("expected_kv_cache_capacity_tokens", "gauge", "tokens",
+            "KV cache tokens that should fit: (GPU memory x gpu_memory_utilization - weights - overhead) / "
+            "KV bytes per token."),
+    _engine("expected_time_per_output_token_seconds", "gauge", "seconds",
+            "Roofline time per output token at the observed batch and context " + WINDOW_NOTE + "."),
+    _engine("expected_time_to_first_token_seconds", "gauge", "seconds",
+            "Roofline prefill time of the observed mean prompt " + WINDOW_NOTE + ", without queueing."),
+    _engine("tpot_efficiency_ratio", "gauge", "ratio",
+            "Expected time per output token over the observed median (1 = at the roofline)."),
+    _engine("memory_bandwidth_utilization_ratio", "gauge", "ratio",
+            "MBU: bytes moved per second over the GPUs' peak bandwidth (source=analytic from the model and the "
+            "observed step time; source=engine from vLLM's own estimate).", (*ENGINE_LABELS, "source")),
+    _engine("model_flops_utilization_ratio", "gauge", "ratio",
+            "MFU: FLOPs per second over the GPUs' dense peak (source=analytic: 2 x active params x tokens/s; "
+            "source=engine: vLLM's own estimate).", (*ENGINE_LABELS, "source")),
+    _engine("gpu_memory_breakdown_bytes", "gauge", "bytes",
+            "The engine's GPU memory: weights and KV cache (analytic sizes) and the rest NVML reports as used.",
+            (*ENGINE_LABELS, "component")),
+    # --- cost ---
+    _engine("cost_dollars_per_hour", "gauge", "dollars per hour", "What the engine's GPUs cost per hour."),
+    _engine("cost_dollars_total", "counter", "dollars",
+            "Money spent on the engine's GPUs since the exporter started."),
+    _engine("cost_per_request_dollars", "gauge", "dollars",
+            "Hourly cost over requests finished per hour " + WINDOW_NOTE + "."),
+    _engine("cost_per_million_tokens_dollars", "gauge", "dollars",
+            "Cost of a million tokens " + WINDOW_NOTE + "; prompt and generation split the hourly cost by their "
+            "share of GPU time.", (*ENGINE_LABELS, "token_type")),
+    _engine("idle_cost_dollars_per_hour", "gauge", "dollars per hour",
+            "The share of the hourly cost the GPUs spend idle (1 - GPU utilisation)."),
+    _engine("achievable_cost_per_million_tokens_dollars", "gauge", "dollars",
+            "Cost of a million tokens if the deployment had the right-sized GPU count for the observed load."),
+    # --- right-sizing ---
+    _engine("rightsizing_gpus_needed", "gauge", "GPUs",
+            "Fewest GPUs of this type, in whole replicas of the engine's shape, that serve the observed demand "
+            "within the SLO targets, by the roofline."),
+    _engine("rightsizing_state", "gauge", "",
+            "1 for the engine's current state over the window: overprovisioned, memory_bound, compute_bound or "
+            "balanced (rules in docs/analytic-model.md).", (*ENGINE_LABELS, "state")),
+    _engine("rightsizing_savings_dollars_per_hour", "gauge", "dollars per hour",
+            "What running the right-sized GPU count would save per hour."),
     # --- the exporter itself ---
     _self("collector_success", "gauge", "",
           "1 if the collector's last run succeeded, else 0 (collector = nvml or engine/NAME).", ("collector",)),
@@ -118,6 +171,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     _self("last_collect_timestamp_seconds", "gauge", "seconds",
           "Unix time at which the snapshot being served was collected."),
     _self("window_seconds", "gauge", "seconds", "Sliding window for rates and quantiles (--window)."),
+    _self("slo_time_to_first_token_seconds", "gauge", "seconds", "Time-to-first-token target (--slo-ttft-seconds)."),
+    _self("slo_time_per_output_token_seconds", "gauge", "seconds",
+          "Time-per-output-token target (--slo-tpot-seconds)."),
     _self("build_info", "info", "", "infermeter build; value 1.", ("version",)),
 )
 

@@ -17,10 +17,13 @@ from typing import Protocol
 
 from exporter.catalog import QUANTILES
 from exporter.config import Config
+from exporter.derive.analysis import Analysis, Deployment, analyse
 from exporter.derive.assignment import assign_gpus
 from exporter.derive.engine import EngineStats, engine_stats
 from exporter.derive.window import SampleWindow
-from exporter.samples import GpuSample, NvmlReading
+from exporter.facts.gpus import GpuSpec
+from exporter.resolve import FactsResolver
+from exporter.samples import EngineSample, GpuSample, NvmlReading
 from exporter.sources import SourceError
 from exporter.sources.engine import EngineReading, EngineSource
 
@@ -57,6 +60,9 @@ class EngineView:
     stats: EngineStats | None = None
     gpus: tuple[GpuSample, ...] = ()
     gpu_memory_used_bytes: float | None = None
+    analysis: Analysis | None = None
+    # dollars spent on the engine's GPUs since the exporter started (None: no price known yet)
+    cost_dollars_total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,11 @@ class Snapshot:
     nvml: NvmlReading | None = None
     engines: tuple[EngineView, ...] = ()
     collectors: Mapping[str, CollectorStatus] = field(default_factory=dict)
+    # GPU index -> catalogue spec and the price used, where known
+    gpu_specs: Mapping[int, GpuSpec] = field(default_factory=dict)
+    gpu_prices: Mapping[int, float] = field(default_factory=dict)
+    slo_ttft_seconds: float | None = None
+    slo_tpot_seconds: float | None = None
 
 
 @dataclass
@@ -91,6 +102,9 @@ class Collection:
         self._identity = {e.target.name: _Identity() for e in self._engines}
         self._errors: dict[str, int] = {}
         self._failed_gpus: frozenset[int] = frozenset()
+        self._facts = FactsResolver(config)
+        self._spent: dict[str, float] = {}
+        self._spent_at: dict[str, float] = {}
         self._ok: dict[str, bool] = {}
         self._lock = threading.Lock()
         self.snapshot = Snapshot(timestamp=None, window_seconds=config.window)
@@ -162,36 +176,86 @@ class Collection:
         return CollectorStatus(error is None, duration, self._errors.get(name, 0))
 
     def _build(self, results: Mapping[str, object], statuses: Mapping[str, CollectorStatus]) -> Snapshot:
+        now = self._clock()
         nvml = results.get(NVML)
         reading = nvml if isinstance(nvml, NvmlReading) else None
         gpus = {g.index: g for g in reading.gpus} if reading else {}
         if reading is not None:
             self._note_failed_gpus(frozenset(reading.failed_gpus))
+        specs = {i: spec for i, g in gpus.items() if (spec := self._facts.gpu(g.name)) is not None}
+        prices = {i: price for i, spec in specs.items() if (price := self._facts.price(spec)) is not None}
         names = [e.target.name for e in self._engines]
         assignment = assign_gpus(names, sorted(gpus), self.config.engine_gpus)
         views = []
         for name in names:
             result = results.get(engine_collector(name))
             identity = self._identity[name]
-            window = self._windows[name]
-            stats = None
+            engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
+            memory = _process_memory(engine_gpus)
+            stats = analysis = None
             if isinstance(result, EngineReading):
-                window.add(result.sample)
+                self._windows[name].add(result.sample)
                 identity.kind = result.sample.kind
                 identity.model = result.identity.model or result.sample.model_label or identity.model
                 identity.version = result.identity.version or ""
                 try:
-                    stats = engine_stats(window.samples(), QUANTILES)
+                    stats = engine_stats(self._windows[name].samples(), QUANTILES)
+                    analysis = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
                 except Exception:  # a derivation bug must cost this engine's series, not the snapshot
                     log.exception("engine %s: deriving windowed statistics failed", name)
-                    window.clear()
-            engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
+                    self._windows[name].clear()
+                    stats = analysis = None
             views.append(EngineView(
                 name=name, up=stats is not None, kind=identity.kind, model=identity.model,
-                version=identity.version, stats=stats, gpus=engine_gpus,
-                gpu_memory_used_bytes=_process_memory(engine_gpus)))
-        return Snapshot(timestamp=self._clock(), window_seconds=self.config.window, nvml=reading,
-                        engines=tuple(views), collectors=dict(statuses))
+                version=identity.version, stats=stats, gpus=engine_gpus, gpu_memory_used_bytes=memory,
+                analysis=analysis, cost_dollars_total=self._spend(name, analysis, now)))
+        return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
+                        engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
+                        slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds)
+
+    def _analyse(self, name: str, reading: EngineReading, stats: EngineStats, gpus: Sequence[GpuSample],
+                 specs: Mapping[int, GpuSpec], prices: Mapping[int, float], memory: float | None) -> Analysis | None:
+        if not gpus or gpus[0].index not in specs:
+            return None
+        served = reading.identity.model or reading.sample.model_label or ""
+        model = self._facts.model(name, served, reading.identity.model_root)
+        if model is None:
+            return None
+        first = gpus[0]
+        engine_prices = [prices.get(g.index) for g in gpus]
+        price = (sum(p for p in engine_prices if p is not None) / len(gpus)
+                 if all(p is not None for p in engine_prices) else None)
+        ranks = int(stats.gauges.get("data_parallel_ranks", 1))
+        deployment = Deployment(
+            model=model, gpu=specs[first.index], gpus=len(gpus),
+            replicas=ranks if ranks >= 1 and len(gpus) % ranks == 0 else 1,
+            memory_bytes_per_gpu=first.memory_total_bytes or specs[first.index].memory_bytes,
+            price_per_gpu_hour=price, engine_config=_config(reading.sample),
+            slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds)
+        utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
+        used = memory if memory is not None else _used_memory(gpus)
+        analysis = analyse(stats, deployment, utilization, used)
+        claimed = sum(analysis.memory_breakdown.get(k, 0.0) for k in ("weights", "kv_cache"))
+        if claimed > deployment.gpus * deployment.memory_bytes_per_gpu:
+            self._facts.warn_once(
+                f"mismatch:{name}:{model.source}", "engine %s: model %s (%s) and the KV cache the engine reports "
+                "need %.0f GB, more than its %d GPU(s) hold: the model spec does not match what the engine "
+                "serves; pass the right --model-config", name, served, model.source, claimed / 1e9, deployment.gpus)
+        return analysis
+
+    def _spend(self, name: str, analysis: Analysis | None, now: float) -> float | None:
+        """Add the money spent since the last cycle at the current hourly cost (a counter)."""
+        hourly = analysis.cost_per_hour if analysis is not None else None
+        last = self._spent_at.get(name)
+        if hourly is not None:
+            if last is not None and now > last:
+                self._spent[name] = self._spent.get(name, 0.0) + hourly * (now - last) / 3600.0
+            else:
+                self._spent.setdefault(name, 0.0)
+            self._spent_at[name] = now
+        else:
+            self._spent_at.pop(name, None)  # no price now: don't bill the gap later
+        return self._spent.get(name)
 
     def _note_failed_gpus(self, failed: frozenset[int]) -> None:
         for index in sorted(failed - self._failed_gpus):
@@ -222,6 +286,15 @@ def _spawn(name: str, read: Callable[[], object]) -> Future[tuple[object, float]
 
     threading.Thread(target=target, name=f"infermeter-read-{name}", daemon=True).start()
     return future
+
+
+def _config(sample: EngineSample) -> Mapping[str, str]:
+    return sample.config
+
+
+def _used_memory(gpus: Sequence[GpuSample]) -> float | None:
+    used = [g.memory_used_bytes for g in gpus if g.memory_used_bytes is not None]
+    return sum(used) if len(used) == len(gpus) else None
 
 
 def _process_memory(gpus: Sequence[GpuSample]) -> float | None:

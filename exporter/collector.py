@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.catalog import CATALOG, MetricSpec, help_text
 from exporter.collection import Snapshot
+from exporter.derive.analysis import STATES
 from exporter.samples import GpuSample
 
 # GPU gauge/counter name -> GpuSample field
@@ -107,6 +108,69 @@ def engine_points(snapshot: Snapshot) -> Iterator[Point]:
                 yield Point(family, labels, stats.gauges[gauge])
 
 
+def gpu_fact_points(snapshot: Snapshot) -> Iterator[Point]:
+    if snapshot.nvml is None:
+        return
+    for gpu in snapshot.nvml.gpus:
+        labels = _gpu_labels(gpu)
+        spec = snapshot.gpu_specs.get(gpu.index)
+        if spec is not None:
+            for dtype, flops in sorted(spec.peak_flops.items()):
+                yield Point("infermeter_gpu_peak_flops", {**labels, "dtype": dtype}, flops)
+            yield Point("infermeter_gpu_memory_bandwidth_bytes_per_second", labels,
+                        spec.memory_bandwidth_bytes_per_second)
+        if gpu.index in snapshot.gpu_prices:
+            yield Point("infermeter_gpu_cost_dollars_per_hour", labels, snapshot.gpu_prices[gpu.index])
+
+
+# Analysis field -> gauge
+ANALYSIS_GAUGES: dict[str, str] = {
+    "infermeter_model_weight_bytes": "model_weight_bytes",
+    "infermeter_kv_cache_bytes_per_token": "kv_bytes_per_token",
+    "infermeter_expected_kv_cache_capacity_tokens": "expected_kv_capacity_tokens",
+    "infermeter_expected_time_per_output_token_seconds": "expected_tpot_seconds",
+    "infermeter_expected_time_to_first_token_seconds": "expected_ttft_seconds",
+    "infermeter_tpot_efficiency_ratio": "tpot_efficiency_ratio",
+    "infermeter_cost_dollars_per_hour": "cost_per_hour",
+    "infermeter_cost_per_request_dollars": "cost_per_request",
+    "infermeter_idle_cost_dollars_per_hour": "idle_cost_per_hour",
+    "infermeter_achievable_cost_per_million_tokens_dollars": "achievable_cost_per_million_tokens",
+    "infermeter_rightsizing_gpus_needed": "gpus_needed",
+    "infermeter_rightsizing_savings_dollars_per_hour": "savings_per_hour",
+}
+# Analysis mapping field -> (gauge, label name)
+ANALYSIS_BREAKDOWNS: dict[str, tuple[str, str]] = {
+    "infermeter_memory_bandwidth_utilization_ratio": ("mbu", "source"),
+    "infermeter_model_flops_utilization_ratio": ("mfu", "source"),
+    "infermeter_gpu_memory_breakdown_bytes": ("memory_breakdown", "component"),
+    "infermeter_cost_per_million_tokens_dollars": ("cost_per_million_tokens", "token_type"),
+}
+
+
+def analysis_points(snapshot: Snapshot) -> Iterator[Point]:
+    for engine in snapshot.engines:
+        labels = {"engine": engine.name, "kind": engine.kind, "model": engine.model}
+        if engine.cost_dollars_total is not None:
+            yield Point("infermeter_cost_dollars_total", labels, engine.cost_dollars_total)
+        analysis = engine.analysis
+        if analysis is None:
+            continue
+        model = analysis.model
+        yield Point("infermeter_model_info", {**labels, "architecture": model.architecture,
+                                              "weight_dtype": model.weight_dtype, "spec_source": model.source}, 1)
+        for family, field_name in ANALYSIS_GAUGES.items():
+            value = getattr(analysis, field_name)
+            if value is not None:
+                yield Point(family, labels, value)
+        for family, (field_name, label) in ANALYSIS_BREAKDOWNS.items():
+            for key, value in sorted(getattr(analysis, field_name).items()):
+                yield Point(family, {**labels, label: key}, value)
+        if analysis.state is not None:
+            for state in STATES:
+                yield Point("infermeter_rightsizing_state", {**labels, "state": state},
+                            1 if state == analysis.state else 0)
+
+
 def self_points(snapshot: Snapshot) -> Iterator[Point]:
     for collector, status in sorted(snapshot.collectors.items()):
         labels = {"collector": collector}
@@ -116,10 +180,15 @@ def self_points(snapshot: Snapshot) -> Iterator[Point]:
     if snapshot.timestamp is not None:
         yield Point("infermeter_last_collect_timestamp_seconds", {}, snapshot.timestamp)
     yield Point("infermeter_window_seconds", {}, snapshot.window_seconds)
+    if snapshot.slo_ttft_seconds is not None:
+        yield Point("infermeter_slo_time_to_first_token_seconds", {}, snapshot.slo_ttft_seconds)
+    if snapshot.slo_tpot_seconds is not None:
+        yield Point("infermeter_slo_time_per_output_token_seconds", {}, snapshot.slo_tpot_seconds)
     yield Point("infermeter_build_info", {"version": __version__}, 1)
 
 
-POINTS: tuple[Callable[[Snapshot], Iterator[Point]], ...] = (gpu_points, engine_points, self_points)
+POINTS: tuple[Callable[[Snapshot], Iterator[Point]], ...] = (gpu_points, gpu_fact_points, engine_points,
+                                                              analysis_points, self_points)
 
 
 def _family(spec: MetricSpec, window_seconds: float) -> Metric:

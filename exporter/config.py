@@ -51,6 +51,15 @@ class Config:
     max_body_bytes: int = 16 * 1024 * 1024
     nvml: bool = True
     log_level: str = "info"
+    # pricing and the analytic model
+    gpu_hourly_cost: float | None = None
+    pricing: str = "on-demand"
+    # engine name ("" = every engine) -> path of a Hugging Face config.json or its directory
+    model_configs: Mapping[str, str] | None = None
+    slo_ttft_seconds: float | None = None
+    slo_tpot_seconds: float | None = None
+    # NVML product name -> spec or price fields (the config file's `gpus` table), validated at start
+    gpu_specs: Mapping[str, Mapping[str, Any]] | None = None
 
 
 # --- value parsers: each takes the raw value and returns it typed, or raises ValueError(what's wrong) ---
@@ -151,6 +160,56 @@ def _path(raw: object) -> str:
     return str(raw)
 
 
+def _dollars(raw: object) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"expected dollars per GPU-hour such as 2.49, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a non-negative number of dollars per GPU-hour, got {raw!r}")
+    return value
+
+
+PRICING_MODELS = ("on-demand", "spot", "reserved")
+
+
+def _pricing(raw: object) -> str:
+    text = str(raw).strip().lower()
+    if text not in PRICING_MODELS:
+        raise ValueError(f"expected one of {', '.join(PRICING_MODELS)}; got {raw!r}")
+    return text
+
+
+def _model_config(raw: object) -> tuple[str, str]:
+    text = str(raw).strip()
+    engine, sep, path = text.partition("=")
+    if not sep:
+        engine, path = "", text
+    if not path:
+        raise ValueError(f"expected [ENGINE=]PATH to a config.json or a model directory, got {raw!r}")
+    from exporter.facts.models import load
+
+    try:
+        load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return engine.strip(), path
+
+
+def _gpu_specs(raw: object) -> dict[str, Mapping[str, Any]]:
+    if not isinstance(raw, Mapping):
+        raise ValueError("expected a table of NVML GPU names, each with spec or price fields")
+    from exporter.facts.gpus import find, spec_from_mapping
+
+    specs: dict[str, Mapping[str, Any]] = {}
+    for name, fields in raw.items():
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"gpu {name!r}: expected a table of fields")
+        spec_from_mapping(str(name), fields, find(str(name)))  # raises ValueError naming the field
+        specs[str(name)] = dict(fields)
+    return specs
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: ``--NAME`` flag, ``INFERMETER_<NAME>`` variable, ``NAME`` key in the config file."""
@@ -162,6 +221,8 @@ class Setting:
     metavar: str = ""
     repeatable: bool = False
     boolean: bool = False
+    # only in the config file (structured values): no flag, no environment variable
+    file_only: bool = False
 
     @property
     def flag(self) -> str:
@@ -190,6 +251,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector.nvml", "Read GPUs through NVML; --no-collector.nvml turns it off (e.g. beside "
             "dcgm-exporter).", _boolean, True, boolean=True),
     Setting("log-level", "debug, info, warning or error.", _log_level, "info", "LEVEL"),
+    Setting("gpu-hourly-cost", "Price of one GPU-hour in dollars, for every GPU; overrides the GPU catalogue's "
+            "price.", _dollars, None, "DOLLARS"),
+    Setting("pricing", "Which catalogue price to use: on-demand, spot or reserved.", _pricing, "on-demand",
+            "MODEL"),
+    Setting("model-config", "Hugging Face config.json (or the model directory) of an engine's model; repeatable. "
+            "Without ENGINE= it applies to every engine. Default: the directory vLLM reports in /v1/models "
+            "when readable, else the built-in catalogue by model name.", _model_config, (), "[ENGINE=]PATH",
+            repeatable=True),
+    Setting("slo-ttft-seconds", "Time-to-first-token target for right-sizing (and exported for alerts).",
+            _positive_seconds, None, "SECONDS"),
+    Setting("slo-tpot-seconds", "Time-per-output-token target for right-sizing (and exported for alerts).",
+            _positive_seconds, None, "SECONDS"),
+    Setting("gpus", "Specs or prices for GPUs by NVML name, e.g. a GPU the catalogue lacks, or your negotiated "
+            "price (see docs/analytic-model.md).", _gpu_specs, None, file_only=True),
     Setting("config", "YAML or TOML file with any of these settings as keys.", _path, None, "FILE"),
 )
 
@@ -204,6 +279,8 @@ def _argument_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     for s in SETTINGS:
+        if s.file_only:
+            continue
         if s.boolean:
             parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction,
                                 help=f"{s.help} (default: {'on' if s.default else 'off'}; env {s.env})")
@@ -278,7 +355,7 @@ def _raw_values(args: Mapping[str, Any], env: Mapping[str, str],
     for s in SETTINGS:
         if s.name in args:
             chosen[s.name] = (args[s.name], f"{s.flag}")
-        elif s.env in env and env[s.env].strip() != "":
+        elif not s.file_only and s.env in env and env[s.env].strip() != "":
             raw_env = env[s.env]
             chosen[s.name] = (_split_env_list(raw_env) if s.repeatable else raw_env, f"{s.env}")
         elif s.name in file_values:
@@ -296,7 +373,8 @@ def _parse(setting: Setting, raw: object, origin: str) -> Any:
             return [setting.parse(item) for item in items]
         return None if raw is None else setting.parse(raw)
     except ValueError as err:
-        raise ConfigError(f"{setting.flag} ({origin}): {err}") from None
+        label = setting.name if setting.file_only else setting.flag
+        raise ConfigError(f"{label} ({origin}): {err}") from None
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -333,6 +411,11 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         raise ConfigError(f"--timeout ({raw['timeout'][1]}): {timeout:g}s must be shorter than --interval "
                           f"({interval:g}s)")
     host, port = values["listen"]
+    model_configs = dict(values["model-config"])
+    unknown_engines = sorted(set(model_configs) - set(names) - {""})
+    if unknown_engines:
+        raise ConfigError(f"--model-config ({raw['model-config'][1]}): no engine named {unknown_engines[0]!r}; "
+                          f"engines are: {', '.join(names) or 'none (add --engine)'}")
     return Config(
         engines=tuple(engines),
         engine_gpus=gpu_map or None,
@@ -344,6 +427,12 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         max_body_bytes=values["max-body-bytes"],
         nvml=values["collector.nvml"],
         log_level=values["log-level"],
+        gpu_hourly_cost=values["gpu-hourly-cost"],
+        pricing=values["pricing"],
+        model_configs=model_configs or None,
+        slo_ttft_seconds=values["slo-ttft-seconds"],
+        slo_tpot_seconds=values["slo-tpot-seconds"],
+        gpu_specs=values["gpus"],
     )
 
 
@@ -354,7 +443,10 @@ def markdown_reference() -> str:
         flag = f"`{s.flag}` / `--no-{s.name}`" if s.boolean else f"`{s.flag} {s.metavar}`"
         default = "on" if s.default is True else ("" if s.default in (None, ()) else f"`{s.default}`")
         key = "" if s.name == "config" else f"`{s.name}`"
-        rows.append(f"| {flag} | `{s.env}` | {key} | {default} | {s.help} |")
+        env = f"`{s.env}`"
+        if s.file_only:
+            flag, env = "(config file only)", ""
+        rows.append(f"| {flag} | {env} | {key} | {default} | {s.help} |")
     return "\n".join(rows) + "\n"
 
 

@@ -100,9 +100,12 @@ def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | 
     counters = dict(base.counters)
     for field_name, wire in PER_GPU.items():
         values = [v for _, v in exposition.series(wire) if math.isfinite(v)]
-        if values:
+        if values and any(values):  # vLLM serves these at 0 unless --enable-mfu-metrics is on
             counters[field_name] = math.fsum(values) / len(values)
     gauges = dict(base.gauges)
+    ranks = {labels.get("engine", "") for labels, _ in exposition.series("vllm:num_requests_running")}
+    if ranks:
+        gauges["data_parallel_ranks"] = float(len(ranks))
     if capacity:
         gauges["kv_cache_capacity_tokens"] = math.fsum(capacity.values())
     usage = kv_usage(exposition, capacity)

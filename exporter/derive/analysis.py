@@ -1,0 +1,309 @@
+"""Observed load held against the roofline, priced: expectations, efficiency, cost, right-sizing.
+
+Pure: takes the windowed engine statistics, the model and GPU facts and the prices, returns
+numbers. The rules and formulas are in docs/analytic-model.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from exporter.derive import roofline
+from exporter.derive.engine import EngineStats
+from exporter.facts.gpus import GpuSpec
+from exporter.facts.models import ModelSpec
+
+# When nothing tells the context length: a common chat-serving mean (an assumption, documented).
+DEFAULT_CONTEXT_TOKENS = 1024.0
+# Right-sizing keeps this headroom: a replica is planned to be busy at most this share of the time.
+TARGET_BUSY_SHARE = 0.8
+# Right-sizing state thresholds (docs/analytic-model.md, "Right-sizing state").
+KV_FULL = 0.9
+KV_LOW = 0.25
+RUNNING_LOW_SHARE = 0.25
+BANDWIDTH_LOW = 0.25
+STATES = ("overprovisioned", "memory_bound", "compute_bound", "balanced")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the engine runs on: model, GPU type, how many, their memory and prices."""
+
+    model: ModelSpec
+    gpu: GpuSpec
+    gpus: int
+    memory_bytes_per_gpu: float
+    # dollars per hour of each of the engine's GPUs (None: no price known)
+    price_per_gpu_hour: float | None
+    # vLLM cache_config_info labels (cache_dtype, gpu_memory_utilization)
+    engine_config: Mapping[str, str] = field(default_factory=dict)
+    slo_ttft_seconds: float | None = None
+    slo_tpot_seconds: float | None = None
+    # data-parallel ranks behind the engine's URL: each is a replica with gpus / replicas GPUs
+    # (its tensor-parallel shape) and a full copy of the weights
+    replicas: int = 1
+
+    @property
+    def replica_gpus(self) -> int:
+        return max(self.gpus // max(self.replicas, 1), 1)
+
+    @property
+    def kv_bytes(self) -> float:
+        return roofline.kv_dtype_bytes(self.engine_config.get("cache_dtype"), self.model)
+
+    @property
+    def gpu_memory_utilization(self) -> float:
+        try:
+            value = float(self.engine_config.get("gpu_memory_utilization", ""))
+        except ValueError:
+            return roofline.DEFAULT_GPU_MEMORY_UTILIZATION
+        return value if 0 < value <= 1 else roofline.DEFAULT_GPU_MEMORY_UTILIZATION
+
+
+@dataclass(frozen=True)
+class Load:
+    """The observed load over the window, in the units the analytic model needs."""
+
+    batch: float                  # mean running requests (at least 1 for the roofline)
+    context: float                # mean tokens in the KV cache per running request
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+    requests_per_second: float
+    mean_prompt_tokens: float | None
+    kv_tokens: float | None       # tokens in the KV cache now (usage x capacity)
+    step_seconds: float | None    # observed decode step: mean inter-token latency over the window
+    tpot_median_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Every derived number for one engine; None where an input is unknown."""
+
+    model: ModelSpec
+    kv_bytes_per_token: float
+    model_weight_bytes: float
+    expected_kv_capacity_tokens: float
+    expected_tpot_seconds: float | None = None
+    expected_ttft_seconds: float | None = None
+    tpot_efficiency_ratio: float | None = None
+    mbu: Mapping[str, float] = field(default_factory=dict)   # source ("analytic" | "engine") -> ratio
+    mfu: Mapping[str, float] = field(default_factory=dict)
+    memory_breakdown: Mapping[str, float] = field(default_factory=dict)  # weights | kv_cache | other
+    cost_per_hour: float | None = None
+    cost_per_request: float | None = None
+    cost_per_million_tokens: Mapping[str, float] = field(default_factory=dict)  # prompt | generation | total
+    idle_cost_per_hour: float | None = None
+    achievable_cost_per_million_tokens: float | None = None
+    gpus_needed: int | None = None
+    state: str | None = None
+    savings_per_hour: float | None = None
+
+
+def observed_load(stats: EngineStats, replicas: int = 1) -> Load:
+    """The load per replica (a data-parallel rank) where it matters: batch and context; rates stay whole."""
+    rates = stats.counter_rates
+    prompt_tps = rates.get("prompt_tokens", 0.0)
+    generation_tps = rates.get("generation_tokens", 0.0)
+    rps = rates.get("requests_finished", 0.0)
+    running = stats.gauge_means.get("requests_running", stats.gauges.get("requests_running", 0.0))
+    usage = stats.gauges.get("kv_cache_usage_ratio")
+    capacity = stats.gauges.get("kv_cache_capacity_tokens")
+    kv_tokens = usage * capacity if usage is not None and capacity else None
+    mean_prompt = prompt_tps / rps if rps > 0 and prompt_tps > 0 else None
+    mean_output = generation_tps / rps if rps > 0 and generation_tps > 0 else None
+    now_running = stats.gauges.get("requests_running", 0.0)
+    if kv_tokens and now_running > 0:
+        context = kv_tokens / now_running
+    elif mean_prompt is not None:
+        context = mean_prompt + (mean_output or 0.0) / 2
+    else:
+        context = DEFAULT_CONTEXT_TOKENS
+    itl = stats.latency.get("inter_token_latency") or stats.latency.get("time_per_output_token")
+    tpot = stats.latency.get("time_per_output_token")
+    return Load(batch=max(running / max(replicas, 1), 1.0), context=context, prompt_tokens_per_second=prompt_tps,
+                generation_tokens_per_second=generation_tps, requests_per_second=rps,
+                mean_prompt_tokens=mean_prompt, kv_tokens=kv_tokens,
+                step_seconds=itl.window_mean if itl else None,
+                tpot_median_seconds=tpot.quantiles.get(0.5) if tpot else None)
+
+
+def analyse(stats: EngineStats, deployment: Deployment, gpu_utilization: Sequence[float],
+            gpu_memory_used_bytes: float | None) -> Analysis:
+    """Expectations, efficiency, cost and right-sizing of one engine over the window."""
+    model, gpu, n, replicas = deployment.model, deployment.gpu, deployment.replica_gpus, deployment.replicas
+    kv_bytes = deployment.kv_bytes
+    load = observed_load(stats, replicas)
+    kv_per_token = roofline.kv_bytes_per_token(model, kv_bytes)
+    capacity = replicas * roofline.kv_capacity_tokens(model, n, deployment.memory_bytes_per_gpu, kv_bytes,
+                                                      deployment.gpu_memory_utilization)
+    decode = roofline.decode_step(model, gpu, n, load.batch, load.context, kv_bytes)
+    prompt = load.mean_prompt_tokens or load.context
+    prefill = roofline.prefill(model, gpu, n, prompt)
+    expected_tpot = decode.seconds if decode else None
+    efficiency = (expected_tpot / load.tpot_median_seconds
+                  if expected_tpot and load.tpot_median_seconds else None)
+
+    mbu: dict[str, float] = {}
+    if load.step_seconds and load.kv_tokens is not None:
+        bytes_per_step = roofline.decode_bytes_per_step(model, load.batch, load.kv_tokens / replicas, kv_bytes)
+        value = roofline.memory_bandwidth_utilization(bytes_per_step, load.step_seconds, gpu, n)
+        if value is not None:
+            mbu["analytic"] = value
+    read_rate = stats.counter_rates.get("engine_read_bytes_per_gpu")
+    if read_rate is not None:
+        mbu["engine"] = read_rate / gpu.memory_bandwidth_bytes_per_second
+    mfu: dict[str, float] = {}
+    tokens_per_second = load.prompt_tokens_per_second + load.generation_tokens_per_second
+    analytic_mfu = roofline.model_flops_utilization(model, gpu, deployment.gpus, tokens_per_second)
+    if analytic_mfu is not None:
+        mfu["analytic"] = analytic_mfu
+    flops_rate = stats.counter_rates.get("engine_flops_per_gpu")
+    peak = roofline.peak_flops(gpu, model)
+    if flops_rate is not None and peak:
+        mfu["engine"] = flops_rate / peak
+
+    breakdown = memory_breakdown(model.weight_bytes, stats.gauges.get("kv_cache_capacity_tokens"), kv_per_token,
+                                 gpu_memory_used_bytes)
+    needed = gpus_needed(deployment, load)
+    state = rightsizing_state(stats, load, deployment, bandwidth_share(load, deployment), needed)
+    cost = prices(deployment, load, stats, gpu_utilization, decode, prefill, needed)
+    if needed is not None and deployment.price_per_gpu_hour is not None:
+        cost["savings_per_hour"] = max(deployment.gpus - needed, 0) * deployment.price_per_gpu_hour
+    return Analysis(
+        model=model, kv_bytes_per_token=kv_per_token, model_weight_bytes=model.weight_bytes,
+        expected_kv_capacity_tokens=capacity, expected_tpot_seconds=expected_tpot,
+        expected_ttft_seconds=prefill.seconds if prefill else None, tpot_efficiency_ratio=efficiency,
+        mbu=mbu, mfu=mfu, memory_breakdown=breakdown, gpus_needed=needed, state=state,
+        **cost)  # type: ignore[arg-type]
+
+
+def memory_breakdown(weights: float, kv_capacity_tokens: float | None, kv_per_token: float,
+                     used_bytes: float | None) -> dict[str, float]:
+    """Weights and the KV pool (analytic sizes); the rest of what NVML says is used is "other"."""
+    parts = {"weights": weights}
+    if kv_capacity_tokens:
+        parts["kv_cache"] = kv_capacity_tokens * kv_per_token
+    if used_bytes is not None and "kv_cache" in parts:
+        parts["other"] = max(used_bytes - parts["weights"] - parts["kv_cache"], 0.0)
+    return parts
+
+
+def replica_capacity(deployment: Deployment, load: Load) -> tuple[float, float] | None:
+    """Decode and prefill tokens per second one replica (the engine's GPU shape) can serve within the SLOs."""
+    model, gpu, n = deployment.model, deployment.gpu, deployment.replica_gpus
+    kv_bytes = deployment.kv_bytes
+    capacity = roofline.kv_capacity_tokens(model, n, deployment.memory_bytes_per_gpu, kv_bytes,
+                                           deployment.gpu_memory_utilization)
+    batch = roofline.largest_batch(model, gpu, n, load.context, kv_bytes, capacity, deployment.slo_tpot_seconds)
+    step = roofline.decode_step(model, gpu, n, batch, load.context, kv_bytes) if batch else None
+    prompt = load.mean_prompt_tokens or load.context
+    prefill = roofline.prefill(model, gpu, n, prompt)
+    if step is None or prefill is None:
+        return None
+    if deployment.slo_ttft_seconds is not None and prefill.seconds > deployment.slo_ttft_seconds:
+        return None
+    return batch / step.seconds, prompt / prefill.seconds
+
+
+def gpus_needed(deployment: Deployment, load: Load) -> int | None:
+    """The fewest GPUs (whole replicas of the engine's shape) that serve the observed demand within the SLOs.
+
+    A replica's time is shared between prefill and decode: it needs
+    generation tok/s / decode capacity + prompt tok/s / prefill capacity of its time, and is planned
+    busy at most TARGET_BUSY_SHARE of it. None when one replica cannot meet the SLOs at any batch.
+    """
+    capacity = replica_capacity(deployment, load)
+    if capacity is None:
+        return None
+    decode_capacity, prefill_capacity = capacity
+    busy = load.generation_tokens_per_second / decode_capacity + load.prompt_tokens_per_second / prefill_capacity
+    replicas = max(1, math.ceil(busy / TARGET_BUSY_SHARE - 1e-9))
+    return replicas * deployment.replica_gpus
+
+
+def bandwidth_share(load: Load, deployment: Deployment) -> float:
+    """Share of the GPUs' bandwidth decode used over the window: steps per second x bytes per step.
+
+    Unlike MBU (bytes per step over the step time), this counts the time the GPUs sat idle.
+    """
+    steps_per_second = load.generation_tokens_per_second / (load.batch * deployment.replicas)
+    kv_tokens = (load.kv_tokens or 0.0) / deployment.replicas
+    moved = roofline.decode_bytes_per_step(deployment.model, load.batch, kv_tokens, deployment.kv_bytes)
+    return steps_per_second * deployment.replicas * moved / (
+        deployment.gpus * deployment.gpu.memory_bandwidth_bytes_per_second)
+
+
+def rightsizing_state(stats: EngineStats, load: Load, deployment: Deployment, bandwidth: float,
+                      needed: int | None) -> str:
+    """The engine's state over the window (rules in docs/analytic-model.md), first match wins."""
+    kv_mean = stats.gauge_means.get("kv_cache_usage_ratio", 0.0)
+    waiting_max = stats.gauge_max.get("requests_waiting", 0.0)
+    waiting_mean = stats.gauge_means.get("requests_waiting", 0.0)
+    preempting = stats.counter_rates.get("preemptions", 0.0) > 0
+    if kv_mean >= KV_FULL and (preempting or waiting_max > 0):
+        return "memory_bound"
+    if waiting_mean >= 1 and kv_mean < KV_FULL:
+        return "compute_bound"
+    running_mean = stats.gauge_means.get("requests_running", 0.0)
+    batch_limit = _batch_limit(deployment, load)
+    quiet = (waiting_max == 0 and not preempting and kv_mean < KV_LOW
+             and running_mean < RUNNING_LOW_SHARE * max(batch_limit, 1) * deployment.replicas
+             and bandwidth < BANDWIDTH_LOW)
+    if quiet or (needed is not None and needed < deployment.gpus and waiting_max == 0 and not preempting):
+        return "overprovisioned"
+    return "balanced"
+
+
+def _batch_limit(deployment: Deployment, load: Load) -> int:
+    n = deployment.replica_gpus
+    capacity = roofline.kv_capacity_tokens(deployment.model, n, deployment.memory_bytes_per_gpu,
+                                           deployment.kv_bytes, deployment.gpu_memory_utilization)
+    return roofline.largest_batch(deployment.model, deployment.gpu, n, load.context,
+                                  deployment.kv_bytes, capacity, deployment.slo_tpot_seconds)
+
+
+def prices(deployment: Deployment, load: Load, stats: EngineStats, gpu_utilization: Sequence[float],
+           decode: roofline.StepTime | None, prefill: roofline.StepTime | None,
+           needed: int | None) -> dict[str, object]:
+    """Cost per hour, per request, per million tokens (split by GPU time), idle and achievable cost."""
+    price = deployment.price_per_gpu_hour
+    if price is None:
+        return {}
+    hourly = price * deployment.gpus
+    cost: dict[str, object] = {"cost_per_hour": hourly}
+    if load.requests_per_second > 0:
+        cost["cost_per_request"] = hourly / (load.requests_per_second * 3600)
+    if gpu_utilization:
+        cost["idle_cost_per_hour"] = hourly * (1 - min(max(sum(gpu_utilization) / len(gpu_utilization), 0.0), 1.0))
+    tokens = load.prompt_tokens_per_second + load.generation_tokens_per_second
+    per_million: dict[str, float] = {}
+    if tokens > 0:
+        per_million["total"] = hourly / (tokens * 3600) * 1e6
+        share = prompt_time_share(stats, load, decode, prefill)
+        if share is not None:
+            if load.prompt_tokens_per_second > 0:
+                per_million["prompt"] = hourly * share / (load.prompt_tokens_per_second * 3600) * 1e6
+            if load.generation_tokens_per_second > 0:
+                per_million["generation"] = hourly * (1 - share) / (load.generation_tokens_per_second * 3600) * 1e6
+        if needed is not None:
+            cost["achievable_cost_per_million_tokens"] = price * needed / (tokens * 3600) * 1e6
+    cost["cost_per_million_tokens"] = per_million
+    return cost
+
+
+def prompt_time_share(stats: EngineStats, load: Load, decode: roofline.StepTime | None,
+                      prefill: roofline.StepTime | None) -> float | None:
+    """Share of GPU time spent on prompts: the engine's own prefill/decode time where it reports it
+    (vLLM request_prefill/decode_time), else the analytic times of the observed token rates."""
+    prefill_rate = stats.counter_rates.get("prefill_seconds")
+    decode_rate = stats.counter_rates.get("decode_seconds")
+    if prefill_rate is not None and decode_rate is not None and prefill_rate + decode_rate > 0:
+        return prefill_rate / (prefill_rate + decode_rate)
+    if decode is None or prefill is None or load.mean_prompt_tokens is None:
+        return None
+    prompt_time = load.prompt_tokens_per_second * prefill.seconds / load.mean_prompt_tokens
+    generation_time = load.generation_tokens_per_second * decode.seconds / load.batch
+    total = prompt_time + generation_time
+    return prompt_time / total if total > 0 else None

@@ -1,0 +1,311 @@
+"""The analytic model, cost and right-sizing, on hand-worked examples (the arithmetic is in the comments).
+
+GPU: "NVIDIA H100 80GB HBM3" from the catalogue: 3.35e12 B/s, 989.4e12 dense bf16 FLOP/s,
+1978.9e12 fp8, 85,520,809,984 bytes (81559 MiB).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from exporter.derive import roofline
+from exporter.derive.analysis import Deployment, analyse, gpus_needed, observed_load, prices
+from exporter.derive.engine import EngineStats, LatencySummary
+from exporter.facts.gpus import find
+from exporter.facts.models import ModelSpec, builtin
+
+H100 = find("NVIDIA H100 80GB HBM3")
+assert H100 is not None
+BW, BF16, FP8, H100_MEMORY = 3.35e12, 989.4e12, 1978.9e12, 85_520_809_984
+GIB = 1024**3
+
+
+def model(name: str) -> ModelSpec:
+    spec = builtin(name)
+    assert spec is not None, name
+    return spec
+
+
+def test_the_catalogue_figures_these_examples_use() -> None:
+    assert H100.memory_bandwidth_bytes_per_second == BW
+    assert H100.flops_for("bf16") == BF16 and H100.flops_for("fp8") == FP8
+    assert H100.memory_bytes == H100_MEMORY
+
+
+def test_llama_3_1_8b_bf16_on_one_h100() -> None:
+    llama = model("meta-llama/Llama-3.1-8B-Instruct")
+    # KV per token: 2 (K, V) x 32 layers x 8 KV heads x 128 head dim x 2 bytes = 131,072
+    assert roofline.kv_bytes_per_token(llama, 2.0) == 131_072
+    # weights: 8,030,261,248 params x 2 bytes = 16,060,522,496 bytes (~16 GB)
+    assert llama.params_total == 8_030_261_248
+    assert llama.weight_bytes == 16_060_522_496
+
+    # decode at batch 1, empty context: memory 16,060,522,496 / 3.35e12 = 4.794 ms,
+    # compute 2 x 8,030,261,248 / 989.4e12 = 0.0162 ms -> memory-bound, ~4.8 ms per token
+    step = roofline.decode_step(llama, H100, 1, batch=1, context=0, kv_bytes=2.0)
+    assert step is not None
+    assert step.memory_seconds == pytest.approx(4.7942e-3, rel=1e-4)
+    assert step.compute_seconds == pytest.approx(1.6232e-5, rel=1e-3)
+    assert step.bound == "memory" and step.seconds == step.memory_seconds
+
+    # batch 32 at context 1024: KV read 32 x 1024 x 131,072 = 4,294,967,296 bytes;
+    # memory (16,060,522,496 + 4,294,967,296) / 3.35e12 = 6.0763 ms;
+    # compute per token 2 x 8,030,261,248 + 4 x 32 layers x 32 heads x 128 x 1024 = 16,597,393,408 FLOPs,
+    # x 32 / 989.4e12 = 0.5368 ms -> still memory-bound
+    step = roofline.decode_step(llama, H100, 1, batch=32, context=1024, kv_bytes=2.0)
+    assert step is not None
+    assert step.memory_seconds == pytest.approx(6.0763e-3, rel=1e-4)
+    assert step.compute_seconds == pytest.approx(5.368e-4, rel=1e-3)
+
+    # prefill of 1000 tokens: 2 x 8,030,261,248 x 1000 + 2 x 32 x 32 x 128 x 1000^2 = 1.63227e13 FLOPs
+    # / 989.4e12 = 16.50 ms (compute-bound; one read of the weights would take 4.79 ms)
+    first = roofline.prefill(llama, H100, 1, 1000)
+    assert first is not None
+    assert first.seconds == pytest.approx(16.497e-3, rel=1e-3) and first.bound == "compute"
+
+    # KV capacity at gpu_memory_utilization 0.9 and 2 GiB overhead:
+    # 85,520,809,984 x 0.9 - 2,147,483,648 - 16,060,522,496 = 58,760,722,841.6 bytes / 131,072 = 448,308.6 tokens
+    capacity = roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, 2.0)
+    assert capacity == pytest.approx(448_308.6, rel=1e-6)
+    # an fp8 KV cache halves the bytes per token and doubles the tokens
+    assert roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, 1.0) == pytest.approx(2 * capacity)
+
+
+def test_llama_3_1_70b_on_four_h100_with_tensor_parallel() -> None:
+    llama = model("meta-llama/Llama-3.1-70B")
+    # 70,553,706,496 params x 2 bytes = 141,107,412,992 bytes; KV per token 2 x 80 x 8 x 128 x 2 = 327,680
+    assert llama.weight_bytes == 141_107_412_992
+    assert roofline.kv_bytes_per_token(llama, 2.0) == 327_680
+    # decode at batch 1: 141,107,412,992 / (4 x 3.35e12) = 10.530 ms per token
+    step = roofline.decode_step(llama, H100, 4, 1, 0, 2.0)
+    assert step is not None and step.seconds == pytest.approx(10.530e-3, rel=1e-4)
+    # capacity: 4 x (85,520,809,984 x 0.9 - 2,147,483,648) - 141,107,412,992 = 158,177,568,358.4 bytes
+    # / 327,680 = 482,719.4 tokens
+    assert roofline.kv_capacity_tokens(llama, 4, H100_MEMORY, 2.0) == pytest.approx(482_719.4, rel=1e-6)
+    # on one H100 the weights alone do not fit: no KV cache at all
+    assert roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, 2.0) == 0
+
+
+def test_mixtral_reads_only_the_experts_a_batch_touches() -> None:
+    mixtral = model("mistralai/Mixtral-8x7B-v0.1")
+    # one expert: 32 layers x 3 x 4096 x 14,336 = 5,637,144,576 params; 8 experts, 2 per token
+    assert mixtral.expert_params == 5_637_144_576 and (mixtral.experts, mixtral.experts_per_token) == (8, 2)
+    shared = mixtral.params_total - 8 * mixtral.expert_params  # attention, embeddings, norms, routers
+    assert mixtral.params_active == pytest.approx(shared + 2 * mixtral.expert_params)
+    assert mixtral.params_total == pytest.approx(46.70e9, rel=1e-3)
+    assert mixtral.params_active == pytest.approx(12.88e9, rel=1e-3)
+    # one token touches exactly its 2 experts; 64 tokens touch 8 x (1 - (6/8)^64) ~ all 8
+    assert roofline.experts_touched(8, 2, 1) == pytest.approx(2.0)
+    assert roofline.experts_touched(8, 2, 64) == pytest.approx(8 * (1 - 0.75**64))
+    # decode at batch 1 on 2 x H100: (shared + 2 experts) x 2 bytes / (2 x 3.35e12)
+    # = (1,605,636,096 + 11,274,289,152) x 2 / 6.7e12 = 3.8447 ms
+    step = roofline.decode_step(mixtral, H100, 2, 1, 0, 2.0)
+    assert step is not None
+    assert step.memory_seconds == pytest.approx((shared + 2 * mixtral.expert_params) * 2 / 6.7e12)
+    assert step.memory_seconds == pytest.approx(3.8447e-3, rel=1e-3)
+    # at batch 64 nearly every expert is read: close to all 93.4 GB of weights
+    big = roofline.decode_step(mixtral, H100, 2, 64, 0, 2.0)
+    assert big is not None and big.memory_seconds == pytest.approx(mixtral.weight_bytes / 6.7e12, rel=1e-6)
+    # compute uses the active parameters: 2 x 12.88e9 x 64 / (2 x 989.4e12)
+    assert big.compute_seconds == pytest.approx(2 * mixtral.params_active * 64 / (2 * BF16))
+
+
+def test_fp8_and_awq_int4_checkpoints_move_the_decode_floor() -> None:
+    bf16 = model("meta-llama/Llama-3.1-8B")
+    fp8 = model("neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8")
+    awq = model("hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4")
+    # fp8: the 32 layers' linear weights at 1 byte (plus per-channel scales), embeddings and lm_head
+    # (2 x 128,256 x 4096 = 1,050,673,152 params) stay bf16: ~9.08e9 bytes -> 2.711 ms at batch 1
+    assert fp8.weight_dtype == "fp8" and fp8.weight_bytes == pytest.approx(9.081e9, rel=1e-3)
+    step = roofline.decode_step(fp8, H100, 1, 1, 0, 2.0)
+    assert step is not None and step.seconds == pytest.approx(fp8.weight_bytes / BW)
+    assert step.seconds == pytest.approx(2.711e-3, rel=1e-3)
+    # its compute runs at the fp8 peak: 2 x 8,030,261,248 x 256 / 1978.9e12
+    assert roofline.decode_step(fp8, H100, 1, 256, 0, 2.0).compute_seconds == pytest.approx(  # type: ignore[union-attr]
+        2 * fp8.params_active * 256 / FP8)
+    # AWQ int4 (group size 128): 0.5 byte per linear weight plus fp16 scales and packed zeros,
+    # embeddings and lm_head in fp16: ~5.73e9 bytes -> 1.710 ms
+    assert awq.weight_dtype == "int4" and awq.weight_bytes == pytest.approx(5.728e9, rel=1e-3)
+    assert roofline.decode_step(awq, H100, 1, 1, 0, 2.0).seconds == pytest.approx(1.710e-3, rel=1e-3)  # type: ignore[union-attr]
+    # the bf16 floor is the highest
+    assert bf16.weight_bytes > fp8.weight_bytes > awq.weight_bytes
+
+
+def stats(*, running: float = 0.0, waiting: float = 0.0, waiting_max: float | None = None, kv_usage: float = 0.0,
+          capacity: float = 448_308.0, prompt_tps: float = 0.0, generation_tps: float = 0.0, rps: float = 0.0,
+          preemptions: float = 0.0, itl: float | None = None, tpot_median: float | None = None,
+          extra_rates: dict[str, float] | None = None) -> EngineStats:
+    gauges = {"requests_running": running, "requests_waiting": waiting, "kv_cache_usage_ratio": kv_usage,
+              "kv_cache_capacity_tokens": capacity}
+    latency = {}
+    if itl is not None:
+        latency["inter_token_latency"] = LatencySummary({0.5: itl}, 10, 10 * itl, itl)
+    if tpot_median is not None:
+        latency["time_per_output_token"] = LatencySummary({0.5: tpot_median}, 10, 10 * tpot_median, tpot_median)
+    return EngineStats(
+        latency=latency, gauges=gauges, gauge_means=gauges,
+        gauge_max={**gauges, "requests_waiting": waiting if waiting_max is None else waiting_max},
+        counter_rates={"prompt_tokens": prompt_tps, "generation_tokens": generation_tps,
+                       "requests_finished": rps, "preemptions": preemptions, **(extra_rates or {})})
+
+
+def deployment(gpus: int = 1, price: float | None = 3.0, slo_tpot: float | None = 0.05,
+               replicas: int = 1) -> Deployment:
+    return Deployment(model=model("meta-llama/Llama-3.1-8B"), gpu=H100, gpus=gpus, memory_bytes_per_gpu=H100_MEMORY,
+                      price_per_gpu_hour=price, slo_tpot_seconds=slo_tpot, slo_ttft_seconds=1.0, replicas=replicas)
+
+
+def test_cost_per_request_and_per_million_tokens_to_the_cent() -> None:
+    # 8 GPUs at $4.00 = $32.00 an hour; 0.5 requests/s = 1,800 requests/hour -> $0.017778 = 1.78 cents each
+    eight = Deployment(model=model("meta-llama/Llama-3.1-70B"), gpu=H100, gpus=8, memory_bytes_per_gpu=H100_MEMORY,
+                       price_per_gpu_hour=4.0)
+    window = stats(rps=0.5, prompt_tps=750, generation_tps=250, running=8,
+                   extra_rates={"prefill_seconds": 0.25, "decode_seconds": 0.75})
+    cost = prices(eight, observed_load(window), window, [0.5] * 8, None, None, None)
+    assert cost["cost_per_hour"] == 32.0
+    assert round(float(cost["cost_per_request"]) * 100, 2) == 1.78  # type: ignore[arg-type]
+    per_million = cost["cost_per_million_tokens"]
+    assert isinstance(per_million, dict)
+    # total: $32 / (1,000 tokens/s x 3,600 s) x 1e6 = $8.89 per million tokens
+    assert per_million["total"] == pytest.approx(8.8889, rel=1e-4)
+    # the engine spent 25 % of its GPU time in prefill: prompts 32 x 0.25 / (750 x 3600) x 1e6 = $2.96,
+    # generation 32 x 0.75 / (250 x 3600) x 1e6 = $26.67 per million tokens
+    assert per_million["prompt"] == pytest.approx(2.9630, rel=1e-4)
+    assert per_million["generation"] == pytest.approx(26.667, rel=1e-4)
+    # both at once cost what the total says: 750 x 2.963 + 250 x 26.667 = 1000 x 8.889
+    assert 750 * per_million["prompt"] + 250 * per_million["generation"] == pytest.approx(1000 * per_million["total"])
+    # GPUs busy half the time: half of the hourly cost is idle
+    assert cost["idle_cost_per_hour"] == 16.0
+
+
+def test_no_price_means_no_cost_and_no_requests_no_cost_per_request() -> None:
+    window = stats(rps=0.0, generation_tps=0.0)
+    assert prices(deployment(price=None), observed_load(window), window, [0.1], None, None, None) == {}
+    cost = prices(deployment(price=3.0), observed_load(window), window, [0.1], None, None, None)
+    assert "cost_per_request" not in cost and cost["cost_per_million_tokens"] == {}
+
+
+def test_gpus_needed_for_the_observed_demand() -> None:
+    # Llama-3.1-8B on one H100 at context ~1024 and a 50 ms TPOT target: the largest batch whose step
+    # stays under 50 ms and whose KV fits (448,308 // 1024 = 437 sequences)
+    llama, kv = model("meta-llama/Llama-3.1-8B"), 2.0
+    capacity = roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, kv)
+    batch = roofline.largest_batch(llama, H100, 1, 1024, kv, capacity, 0.05)
+    step = roofline.decode_step(llama, H100, 1, batch, 1024, kv)
+    over = roofline.decode_step(llama, H100, 1, batch + 1, 1024, kv)
+    assert step is not None and step.seconds <= 0.05
+    assert batch == int(capacity // 1024) or (over is not None and over.seconds > 0.05)
+    decode_capacity = batch / step.seconds
+    # demand of 3 replicas' worth of decode (at 80 % busy): ceil(2.2 x decode capacity / capacity / 0.8) = 3
+    # four data-parallel replicas of one GPU each; demand: 2.2 replicas' decode capacity, no prompts.
+    # Each replica is planned busy at most 80 %: ceil(2.2 / 0.8) = ceil(2.75) = 3 replicas = 3 GPUs
+    window = stats(running=100, kv_usage=0.5, generation_tps=2.2 * decode_capacity, rps=10)
+    load = observed_load(window, replicas=4)
+    assert load.context == pytest.approx(0.5 * 448_308 / 100)  # KV tokens per running request
+    dp4 = deployment(gpus=4, replicas=4)
+    capacity_then = roofline.largest_batch(llama, H100, 1, load.context, kv, capacity, 0.05)
+    step_then = roofline.decode_step(llama, H100, 1, capacity_then, load.context, kv)
+    assert step_then is not None
+    assert gpus_needed(dp4, load) == math.ceil(2.2 * decode_capacity / (capacity_then / step_then.seconds) / 0.8)
+    # a tensor-parallel engine of 4 GPUs is one replica: what it needs comes in whole 4-GPU replicas
+    tp4 = deployment(gpus=4, replicas=1)
+    assert (gpus_needed(tp4, observed_load(window)) or 0) % 4 == 0
+    # no load at all: one replica
+    assert gpus_needed(dp4, observed_load(stats(), 4)) == 1
+    assert gpus_needed(tp4, observed_load(stats())) == 4
+
+
+def test_an_slo_no_batch_can_meet_gives_no_recommendation() -> None:
+    # 1 ms per output token is below the 4.79 ms memory floor of Llama-3.1-8B on an H100
+    assert gpus_needed(deployment(slo_tpot=0.001), observed_load(stats(generation_tps=100, rps=1))) is None
+
+
+@pytest.mark.parametrize(("window", "state"), [
+    # KV cache full and preempting: memory-bound
+    (stats(running=60, kv_usage=0.97, preemptions=0.4, waiting=2, generation_tps=3000, rps=5), "memory_bound"),
+    # requests queue although the KV cache has room: the GPUs cannot schedule faster
+    (stats(running=200, kv_usage=0.6, waiting=4, generation_tps=9000, rps=30), "compute_bound"),
+    # a few requests, a nearly empty cache, low bandwidth use: paying for idle GPUs
+    (stats(running=1, kv_usage=0.02, generation_tps=20, rps=0.1, itl=0.006), "overprovisioned"),
+    # busy, no queue, cache half full, demand that needs the GPUs it has
+    (stats(running=120, kv_usage=0.55, generation_tps=2400, rps=8, prompt_tps=4000, itl=0.02), "balanced"),
+])
+def test_rightsizing_states(window: EngineStats, state: str) -> None:
+    result = analyse(window, deployment(gpus=1), [0.9], None)
+    assert result.state == state
+
+
+def test_state_transitions_as_load_changes() -> None:
+    sequence = [stats(running=1, kv_usage=0.02, generation_tps=20, rps=0.1),
+                stats(running=120, kv_usage=0.55, generation_tps=2400, rps=8, prompt_tps=4000, itl=0.02),
+                stats(running=200, kv_usage=0.95, waiting=6, preemptions=1.0, generation_tps=4000, rps=9),
+                stats(running=120, kv_usage=0.55, generation_tps=2400, rps=8, prompt_tps=4000, itl=0.02)]
+    states = [analyse(w, deployment(), [0.9], None).state for w in sequence]
+    assert states == ["overprovisioned", "balanced", "memory_bound", "balanced"]
+
+
+def test_overprovisioned_engine_shows_savings() -> None:
+    # 4 data-parallel H100s serving what one can: 3 GPUs x $3.00 = $9.00 an hour to save
+    result = analyse(stats(running=2, kv_usage=0.03, generation_tps=50, rps=0.5, itl=0.006),
+                     deployment(gpus=4, replicas=4), [0.05] * 4, None)
+    assert result.gpus_needed == 1 and result.state == "overprovisioned"
+    assert result.savings_per_hour == 9.0
+    assert result.cost_per_hour == 12.0
+    # achievable $/Mtok at the right size: 1 GPU x $3 / (50 tokens/s x 3600) x 1e6 = $16.67
+    assert result.achievable_cost_per_million_tokens == pytest.approx(16.667, rel=1e-4)
+
+
+def test_efficiency_mbu_and_mfu() -> None:
+    # batch 32, KV usage 0.25 of 448,308 tokens = 112,077 tokens cached;
+    # observed step (ITL mean) 12 ms, TPOT median 12 ms
+    window = stats(running=32, kv_usage=0.25, generation_tps=32 / 0.012, prompt_tps=0.0, rps=2, itl=0.012,
+                   tpot_median=0.012)
+    result = analyse(window, deployment(), [0.9], None)
+    load = observed_load(window)
+    # context per sequence = 112,077 / 32 = 3,502.4 tokens
+    assert load.context == pytest.approx(0.25 * 448_308 / 32)
+    expected = roofline.decode_step(model("meta-llama/Llama-3.1-8B"), H100, 1, 32, load.context, 2.0)
+    assert expected is not None and result.expected_tpot_seconds == expected.seconds
+    # efficiency = expected / observed; it cannot beat the roofline on real hardware (<= 1)
+    assert result.tpot_efficiency_ratio == pytest.approx(expected.seconds / 0.012)
+    # MBU = (16,060,522,496 + 112,077 x 131,072) / 0.012 s / 3.35e12
+    mbu = (16_060_522_496 + 0.25 * 448_308 * 131_072) / 0.012 / 3.35e12
+    assert result.mbu["analytic"] == pytest.approx(mbu)
+    # MFU = 2 x 8,030,261,248 x 2,666.7 tokens/s / 989.4e12
+    assert result.mfu["analytic"] == pytest.approx(2 * 8_030_261_248 * (32 / 0.012) / BF16)
+    assert "engine" not in result.mbu  # vLLM's own estimate only where it reports it
+
+
+def test_engine_reported_flops_and_bytes_beside_the_analytic_estimate() -> None:
+    window = stats(running=8, kv_usage=0.1, generation_tps=1000, rps=1, itl=0.008,
+                   extra_rates={"engine_flops_per_gpu": 2.0e13, "engine_read_bytes_per_gpu": 1.675e12})
+    result = analyse(window, deployment(), [0.9], None)
+    assert result.mfu["engine"] == pytest.approx(2.0e13 / BF16)
+    assert result.mbu["engine"] == pytest.approx(0.5)  # 1.675e12 / 3.35e12
+    assert set(result.mbu) == {"analytic", "engine"}
+
+
+def test_memory_breakdown_from_nvml_used_memory() -> None:
+    # 448,308 KV tokens x 131,072 = 58,760,331,264 bytes; NVML says 80e9 used
+    # -> other = 80e9 - 16,060,522,496 - 58,760,331,264 = 5,179,146,240
+    result = analyse(stats(), deployment(), [0.0], 80e9)
+    assert result.memory_breakdown == {"weights": 16_060_522_496, "kv_cache": 448_308 * 131_072,
+                                       "other": pytest.approx(80e9 - 16_060_522_496 - 448_308 * 131_072)}
+    assert "other" not in analyse(stats(), deployment(), [0.0], None).memory_breakdown
+
+
+def test_kv_dtype_from_vllm_cache_config() -> None:
+    llama = model("meta-llama/Llama-3.1-8B")
+    assert roofline.kv_dtype_bytes("auto", llama) == 2.0
+    assert roofline.kv_dtype_bytes("fp8_e4m3", llama) == 1.0
+    assert roofline.kv_dtype_bytes(None, llama) == 2.0
+    fp8_cache = Deployment(model=llama, gpu=H100, gpus=1, memory_bytes_per_gpu=H100_MEMORY, price_per_gpu_hour=None,
+                           engine_config={"cache_dtype": "fp8", "gpu_memory_utilization": "0.95"})
+    result = analyse(stats(), fp8_cache, [], None)
+    assert result.kv_bytes_per_token == 65_536
+    # (85,520,809,984 x 0.95 - 2,147,483,648 - 16,060,522,496) / 65,536 = 961,458.7 tokens
+    assert result.expected_kv_capacity_tokens == pytest.approx(
+        (H100_MEMORY * 0.95 - 2 * GIB - 16_060_522_496) / 65_536)
+    assert math.isfinite(result.expected_kv_capacity_tokens)
