@@ -7,6 +7,7 @@ formulas and their sources are written out in docs/analytic-model.md; in short:
   (kipply, "Transformer Inference Arithmetic"; llm-analysis ``get_memory_kv_cache_per_layer``).
 - Decode step (one output token for each of B sequences with mean context c, on n GPUs):
   max(memory, compute), memory = (weight bytes read + B x c x KV bytes per token) / (n x bandwidth),
+  where the weights read are all of them but the input embedding table (only B of its rows),
   compute = (2 x active params + 4 x layers x heads x head_dim x c) x B / (n x peak FLOP/s).
   A mixture-of-experts layer reads only the experts its B tokens touch, each routed to k of E
   experts: with uniform routing, E x (1 - (1 - k/E)^B) of them (k for one token, E for many).
@@ -61,14 +62,28 @@ def experts_touched(experts: int, per_token: int, tokens: float) -> float:
     return experts * (1.0 - untouched)
 
 
-def weight_bytes_read(model: ModelSpec, batch: float) -> float:
-    """Weight bytes one decode step reads for ``batch`` sequences (MoE: only the experts touched)."""
-    if model.experts <= 1 or model.expert_params <= 0:
-        return model.weight_bytes
-    per_weight = bytes_per_weight(model)
-    shared = model.params_total - model.experts * model.expert_params
-    touched = experts_touched(model.experts, model.experts_per_token, batch)
-    return (shared + touched * model.expert_params) * per_weight
+def embedding_bytes(model: ModelSpec) -> float:
+    """Bytes of the input embedding table (kept in the activation dtype by quantised checkpoints too)."""
+    return float(model.vocab_size * model.hidden_size) * (4.0 if model.weight_dtype == "fp32" else 2.0)
+
+
+def weight_bytes_read(model: ModelSpec, tokens: float) -> float:
+    """Weight bytes one forward pass over ``tokens`` tokens reads.
+
+    Every weight once, except the input embedding table, of which only the tokens' rows are read
+    (unless it is tied to the LM head, which reads all of it); a mixture-of-experts layer reads only
+    the experts the tokens touch.
+    """
+    tokens = max(tokens, 1.0)
+    total = float(model.weight_bytes)
+    if model.experts > 1 and model.expert_params > 0:
+        per_weight = bytes_per_weight(model)
+        touched = experts_touched(model.experts, model.experts_per_token, tokens)
+        total -= (model.experts - touched) * model.expert_params * per_weight
+    if not model.tied_embeddings:
+        table = embedding_bytes(model)
+        total -= table - min(tokens, float(model.vocab_size)) * table / model.vocab_size
+    return total
 
 
 def compute_dtype(model: ModelSpec) -> str:
