@@ -68,6 +68,15 @@ class Decoder:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * self.cos + rotated * self.sin
 
+    def matmuls_only(self) -> torch.Tensor:
+        """The step's weight matrix products alone (no norms, RoPE, attention): what the GEMM library
+        reaches on the weight reads, to separate it from the rest of the step."""
+        x = self.embed[self.tokens]
+        for layer in self.layers:
+            x = x + (x @ layer["qkv"].t())[:, : x.shape[1]] @ layer["o"].t()[: x.shape[1]] * 0
+            x = x + (x @ layer["gate_up"].t())[:, : layer["down"].shape[1]] @ layer["down"].t()
+        return (x @ self.lm_head.t()).argmax(-1)
+
     def step(self) -> torch.Tensor:
         spec, b = self.spec, self.batch
         h, kv, hd = spec.heads, spec.kv_heads, spec.head_dim
@@ -89,17 +98,18 @@ class Decoder:
         return logits.argmax(-1)
 
 
-def measure(spec: ModelSpec, batch: int, context: int, steps: int) -> float:
+def measure(spec: ModelSpec, batch: int, context: int, steps: int, part: str = "step") -> float:
     decoder = Decoder(spec, batch, context)
+    run = getattr(decoder, part)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):  # warm-up: kernels chosen, memory pooled
-            decoder.step()
+            run()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        decoder.step()
+        run()
     for _ in range(5):
         graph.replay()
     torch.cuda.synchronize()
@@ -162,18 +172,22 @@ def main() -> int:
              f"{gpu.flops_for('bf16') or 0:.4g} bf16 FLOP/s); measured copy bandwidth {ceiling / 1e12:.2f} TB/s "
              f"(read + write). Model: {spec.name} shape, bf16, random weights; context {args.context} tokens; "
              f"PyTorch {torch.__version__}; CUDA graph replays timed with CUDA events, mean of {args.steps}.", "",
-             "| batch | measured step | infermeter expected | bound | expected / measured | MBU (measured) |",
-             "|---|---|---|---|---|---|"]
+             "| batch | measured step | infermeter expected | bound | expected / measured | MBU (measured) "
+             "| weight matmuls alone | their MBU |",
+             "|---|---|---|---|---|---|---|---|"]
     for batch in (int(b) for b in args.batches.split(",")):
         seconds = measure(spec, batch, args.context, args.steps)
         expected = roofline.decode_step(spec, gpu, 1, batch, args.context + 1, 2.0)
         assert expected is not None
         moved = roofline.decode_bytes_per_step(spec, batch, batch * (args.context + 1), 2.0)
         mbu = roofline.memory_bandwidth_utilization(moved, seconds, gpu, 1) or 0.0
+        matmuls = measure(spec, batch, args.context, args.steps, "matmuls_only")
+        weights = roofline.weight_bytes_read(spec, batch)
         lines.append(f"| {batch} | {seconds * 1e3:.3f} ms | {expected.seconds * 1e3:.3f} ms | {expected.bound} | "
-                     f"{expected.seconds / seconds:.3f} | {mbu:.3f} |")
+                     f"{expected.seconds / seconds:.3f} | {mbu:.3f} | {matmuls * 1e3:.3f} ms | "
+                     f"{weights / matmuls / gpu.memory_bandwidth_bytes_per_second:.3f} |")
         if seconds < expected.seconds:
-            lines.append(f"| | measured is FASTER than the roofline at batch {batch}: a formula is wrong | | | | |")
+            lines.append(f"| | measured is FASTER than the roofline at batch {batch}: a formula is wrong | | | | | | |")
     report = "\n".join(lines) + "\n"
     Path(args.out).write_text(report)
     print(report)
