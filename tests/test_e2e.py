@@ -20,6 +20,7 @@ from tests.process import ExporterProcess, Samples, promtool, value, wait_for
 from tests.test_quantiles import reference_quantile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+ROOT_DIR = Path(__file__).resolve().parent.parent
 VLLM = FIXTURES / "vllm-0.32.0-real-a.txt"
 TGI = FIXTURES / "tgi-3.x.txt"
 TTFT_OBSERVATIONS = [0.012, 0.03, 0.07, 0.07, 0.09, 0.15, 0.3, 0.3, 0.6, 1.2, 3.0, 0.045]
@@ -265,3 +266,62 @@ def test_bad_configuration_fails_at_start_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "infermeter: configuration error: --interval (--interval): expected a number of seconds, got 'soon'"]
+
+
+LLAMA_8B_CONFIG = ROOT_DIR / "exporter" / "facts" / "models" / "meta-llama--Llama-3.1-8B.json"
+
+
+def test_expectations_cost_and_rightsizing_through_the_exporter(
+        tmp_path: Path, vllm_engine: tuple[FakeEngine, FakeEngineServer],
+        tgi_engine: tuple[FakeEngine, FakeEngineServer]) -> None:
+    vllm, vllm_server = vllm_engine
+    tgi, tgi_server = tgi_engine
+    tgi.load(TGI, identity={"/info": {"model_id": "bigscience/bloom-560m", "version": "1.4.5"}})  # in no catalogue
+    exporter = start(tmp_path, "--engine", f"llama={vllm_server.url}", "--engine", f"tgi={tgi_server.url}",
+                     "--model-config", f"llama={LLAMA_8B_CONFIG}", "--gpu-hourly-cost", "2.5",
+                     "--slo-tpot-seconds", "0.05", "--slo-ttft-seconds", "2")
+    try:
+        vllm.inc("vllm:prompt_tokens_total", 5000)
+        vllm.inc("vllm:generation_tokens_total", 2000)
+        vllm.inc("vllm:request_success_total", 10, {"finished_reason": "stop"})
+        vllm.observe("vllm:inter_token_latency_seconds", 0.012, times=2000)
+        vllm.observe("vllm:request_time_per_output_token_seconds", 0.012, times=10)
+        vllm.set("vllm:num_requests_running", 4)
+        llama = {"engine": "llama", "kind": "vllm", "model": "tinyllama"}
+        def priced() -> Samples | None:
+            samples = exporter.samples()
+            return samples if value(samples, "infermeter_cost_per_request_dollars", **llama) else None
+
+        first = wait_for(priced)
+        # facts: Llama-3.1-8B from the given config, an H100 from the catalogue, the price from the flag
+        assert value(first, "infermeter_kv_cache_bytes_per_token", **llama) == 131_072
+        assert value(first, "infermeter_model_weight_bytes", **llama) == 16_060_522_496
+        assert value(first, "infermeter_model_info", architecture="LlamaForCausalLM", weight_dtype="bf16",
+                     spec_source=str(LLAMA_8B_CONFIG), **llama) == 1
+        assert value(first, "infermeter_gpu_peak_flops", gpu="0", dtype="bf16") == 989.4e12
+        assert value(first, "infermeter_gpu_memory_bandwidth_bytes_per_second", gpu="0") == 3.35e12
+        assert value(first, "infermeter_gpu_cost_dollars_per_hour", gpu="0") == 2.5
+        # the engine owns GPU 0 (two engines split two GPUs): $2.50 an hour
+        assert value(first, "infermeter_cost_dollars_per_hour", **llama) == 2.5
+        expected_tpot = value(first, "infermeter_expected_time_per_output_token_seconds", **llama)
+        assert expected_tpot is not None and expected_tpot >= 4.48e-3  # never below the batch-1 floor
+        assert (value(first, "infermeter_expected_time_to_first_token_seconds", **llama) or 0) > 0
+        median = value(first, "infermeter_time_per_output_token_seconds", quantile="0.5", **llama)
+        assert median is not None
+        assert value(first, "infermeter_tpot_efficiency_ratio", **llama) == pytest.approx(expected_tpot / median)
+        states = [v for n, labels, v in first if n == "infermeter_rightsizing_state" and labels["engine"] == "llama"]
+        assert sorted(states) == [0, 0, 0, 1]
+        assert value(first, "infermeter_slo_time_per_output_token_seconds") == 0.05
+        assert value(first, "infermeter_slo_time_to_first_token_seconds") == 2
+        spent = value(first, "infermeter_cost_dollars_total", **llama)
+        assert spent is not None
+        wait_for(lambda: (value(exporter.samples(), "infermeter_cost_dollars_total", **llama) or 0) > spent)
+        # the TGI engine's model is not in any catalogue: its expectations are absent, not zero
+        tgi_labels = {"engine": "tgi"}
+        later = exporter.samples()
+        for name in ("infermeter_expected_time_per_output_token_seconds", "infermeter_model_weight_bytes",
+                     "infermeter_cost_dollars_per_hour", "infermeter_rightsizing_gpus_needed"):
+            assert value(later, name, **tgi_labels) is None, name
+        assert "engine tgi: no architecture known for model" in exporter.log()
+    finally:
+        exporter.stop()
