@@ -78,8 +78,13 @@ def run(config: Config, stop: threading.Event) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["report"]:
+        from exporter import report
+
+        return report.main(args[1:])
     try:
-        config = load_config(argv, os.environ)
+        config = load_config(args, os.environ)
     except ConfigError as err:
         print(f"infermeter: configuration error: {err}", file=sys.stderr)
         return 2

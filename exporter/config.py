@@ -275,7 +275,8 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infermeter",
         description="Prometheus exporter for GPU nodes serving LLMs (NVML + vLLM/TGI). "
-                    "Every flag also reads INFERMETER_<FLAG> and a key in --config.",
+                    "Every flag also reads INFERMETER_<FLAG> and a key in --config. "
+                    "Also: `infermeter report --help` (a right-sizing report from a running exporter).",
         argument_default=argparse.SUPPRESS,
     )
     for s in SETTINGS:
