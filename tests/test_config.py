@@ -108,3 +108,50 @@ def test_every_setting_has_an_env_var_and_help() -> None:
         assert setting.env.startswith("INFERMETER_") and setting.help
     assert BY_NAME["collector.nvml"].env == "INFERMETER_COLLECTOR_NVML"
     assert BY_NAME["engine-gpus"].env == "INFERMETER_ENGINE_GPUS"
+
+
+def test_gpus_table_overrides_prices_and_adds_a_gpu(tmp_path: Path) -> None:
+    file = tmp_path / "infermeter.yaml"
+    file.write_text('pricing: spot\ngpus:\n  "NVIDIA H100 80GB HBM3":\n    prices: {on-demand: 2.10, spot: 1.25}\n'
+                    '  "NVIDIA RTX 6000 Ada Generation":\n    memory_bytes: 51527024640\n'
+                    "    memory_bandwidth_bytes_per_second: 960e9\n    peak_flops: {bf16: 364.2e12}\n"
+                    "    prices: {on-demand: 1.10, spot: 0.70}\n")
+    config = load_config(["--config", str(file)], {})
+    assert config.pricing == "spot"
+    from exporter.resolve import FactsResolver
+
+    facts = FactsResolver(config)
+    h100 = facts.gpu("NVIDIA H100 80GB HBM3")
+    assert h100 is not None and facts.price(h100) == 1.25 and h100.memory_bandwidth_bytes_per_second == 3.35e12
+    ada = facts.gpu("NVIDIA RTX 6000 Ada Generation")
+    assert ada is not None and ada.memory_bandwidth_bytes_per_second == 960e9 and facts.price(ada) == 0.70
+    assert load_config(["--config", str(file), "--gpu-hourly-cost", "3"], {}).gpu_hourly_cost == 3.0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('gpus:\n  "New GPU":\n    memory_bytes: 1e10\n', "gpus (gpus in --config): gpu 'New GPU': "
+                                                     "memory_bandwidth_bytes_per_second: missing"),
+    ('gpus:\n  "NVIDIA L4":\n    prices: {hourly: 1}\n', "gpu 'NVIDIA L4': prices"),
+    ("pricing: cheap\n", "--pricing (pricing in --config): expected one of on-demand, spot, reserved"),
+    ("gpu-hourly-cost: -1\n", "--gpu-hourly-cost (gpu-hourly-cost in --config): expected a non-negative number"),
+])
+def test_bad_pricing_and_gpu_settings(tmp_path: Path, text: str, expected: str) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(["--config", str(file)], {})
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_model_config_is_checked_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "config.json"
+    with pytest.raises(ConfigError, match=r"--model-config \(--model-config\): .*nope"):
+        load_config(["--model-config", str(missing)], {})
+    broken = tmp_path / "config.json"
+    broken.write_text('{"architectures": ["LlamaForCausalLM"]}')
+    with pytest.raises(ConfigError, match="--model-config"):
+        load_config(["--model-config", str(broken)], {})
+    with pytest.raises(ConfigError, match="no engine named 'b'"):
+        load_config(["--engine", "a=http://h:1", "--model-config",
+                     "b=" + str(Path(__file__).resolve().parent.parent / "exporter/facts/models/"
+                                "meta-llama--Llama-3.1-8B.json")], {})

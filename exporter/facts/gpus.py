@@ -125,6 +125,11 @@ def _fail(name: str, key: str, problem: str) -> ValueError:
 
 
 def _positive(name: str, key: str, value: Any) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads 960e9 (no dot) as a string
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _fail(name, key, f"must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(name, key, f"must be a number, got {type(value).__name__} {value!r}")
     number = float(value)
