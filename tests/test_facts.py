@@ -259,7 +259,7 @@ def test_user_spec_for_a_new_gpu() -> None:
         ({"memory_bandwidth_bytes_per_second": 1e12, "peak_flops": {"bf16": 1e14}, "prices": {"on-demand": 1}},
          "gpu 'X': memory_bytes: missing"),
         ({"memory_bytes": 1e9, "memory_bandwidth_bytes_per_second": "fast", "peak_flops": {"bf16": 1e14},
-          "prices": {"on-demand": 1}}, "gpu 'X': memory_bandwidth_bytes_per_second: must be a number, got str 'fast'"),
+          "prices": {"on-demand": 1}}, "gpu 'X': memory_bandwidth_bytes_per_second: must be a number, got 'fast'"),
         ({"memory_bytes": 1e9, "memory_bandwidth_bytes_per_second": 1e12, "peak_flops": {"fp4": 1e14},
           "prices": {"on-demand": 1}}, "gpu 'X': peak_flops.fp4: unknown key (expected one of bf16, fp16, fp8, int8)"),
         ({"memory_bytes": 1e9, "memory_bandwidth_bytes_per_second": 1e12, "peak_flops": {"bf16": 1e14},
