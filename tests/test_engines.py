@@ -220,3 +220,19 @@ def test_reading_only_the_needed_families_changes_nothing(fixture: str) -> None:
     identity = EngineIdentity(max_batch_total_tokens=100000.0)
     assert read(body, 1.0, identity) == adapter.adapt(parse(body), 1.0, identity)
     assert len(parse(body, adapter.families).samples) < len(parse(body).samples)
+
+
+def test_vllm_own_flop_and_byte_estimates_only_when_it_counts_them() -> None:
+    # recorded with --enable-mfu-metrics; without it vLLM 0.32 serves the same counters at 0
+    mfu = read(text("vllm-0.32.0-real-mfu.txt"))
+    body = text("vllm-0.32.0-real-mfu.txt")
+    assert mfu.counters["engine_flops_per_gpu"] == naive_sum(body, "vllm:estimated_flops_per_gpu_total") > 0
+    assert mfu.counters["engine_read_bytes_per_gpu"] == naive_sum(body, "vllm:estimated_read_bytes_per_gpu_total")
+    plain = read(text("vllm-0.32.0-real-a.txt"))
+    assert naive_sum(text("vllm-0.32.0-real-a.txt"), "vllm:estimated_flops_per_gpu_total") == 0
+    assert "engine_flops_per_gpu" not in plain.counters
+    assert plain.config["cache_dtype"] == "auto" and "gpu_memory_utilization" in plain.config
+    assert plain.gauges["data_parallel_ranks"] == 1
+    assert read(text("vllm-v1-dp2.txt")).gauges["data_parallel_ranks"] == 2
+    assert read(text("vllm-v1-dp2.txt")).counters["prefill_seconds"] == naive_sum(
+        text("vllm-v1-dp2.txt"), "vllm:request_prefill_time_seconds_sum")
