@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.catalog import BY_NAME, CATALOG
 from exporter.collection import CollectorStatus, EngineView, Snapshot
 from exporter.collector import SnapshotCollector
+from exporter.derive.analysis import Analysis, Deployment, analyse
 from exporter.derive.engine import EngineStats, LatencySummary
+from exporter.facts.gpus import find
+from exporter.facts.models import builtin
 from exporter.samples import GpuProcess, GpuSample, NvmlReading
 
 GPU0 = GpuSample(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", utilization_ratio=0.87,
@@ -16,6 +20,17 @@ GPU0 = GpuSample(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", utilizatio
                  power_watts=512.3, power_limit_watts=700.0, temperature_celsius=61.0, sm_clock_hertz=1.98e9,
                  energy_joules=123456.789, processes=(GpuProcess(42, 6.9e10),))
 GPU1 = GpuSample(index=1, uuid="GPU-1", name="NVIDIA H100 80GB HBM3", utilization_ratio=0.1)  # the rest unsupported
+
+
+def analysis() -> Analysis:
+    llama, h100 = builtin("meta-llama/Llama-3.1-8B"), find("NVIDIA H100 80GB HBM3")
+    assert llama is not None and h100 is not None
+    window = EngineStats(gauges={"requests_running": 8, "kv_cache_usage_ratio": 0.2, "kv_cache_capacity_tokens": 4e5},
+                         counter_rates={"generation_tokens": 800, "prompt_tokens": 2000, "requests_finished": 2,
+                                        "engine_flops_per_gpu": 1e13, "engine_read_bytes_per_gpu": 1e12},
+                         latency={"inter_token_latency": LatencySummary({0.5: 0.01}, 9, 0.09, 0.01),
+                                  "time_per_output_token": LatencySummary({0.5: 0.01}, 9, 0.09, 0.01)})
+    return analyse(window, Deployment(llama, h100, 1, 85_520_809_984, 3.0, slo_tpot_seconds=0.05), [0.9], 7e10)
 
 
 def snapshot() -> Snapshot:
@@ -29,9 +44,12 @@ def snapshot() -> Snapshot:
     return Snapshot(
         timestamp=1_700_000_000.0, window_seconds=300,
         nvml=NvmlReading(driver_version="580.95.05", gpus=(GPU0, GPU1)),
-        engines=(EngineView("llama", True, "vllm", "meta-llama/Llama-3.1-8B", "0.10.2", stats, (GPU0,), 6.9e10),
+        engines=(EngineView("llama", True, "vllm", "meta-llama/Llama-3.1-8B", "0.10.2", stats, (GPU0,), 6.9e10,
+                            analysis(), 0.25),
                  EngineView("down", False, "tgi", "", "", None, (GPU1,), None)),
         collectors={"nvml": CollectorStatus(True, 0.01, 0), "engine/down": CollectorStatus(False, 0.5, 7)},
+        gpu_specs={0: find("NVIDIA H100 80GB HBM3")}, gpu_prices={0: 3.0},  # type: ignore[dict-item]
+        slo_ttft_seconds=1.0, slo_tpot_seconds=0.05,
     )
 
 
@@ -117,3 +135,24 @@ def test_describe_lists_the_whole_catalogue() -> None:
     collector = SnapshotCollector(snapshot)
     described = {m.name for m in collector.describe()}
     assert len(described) == len(CATALOG)
+
+
+def test_analysis_and_cost_series() -> None:
+    families = scrape(snapshot())
+    llama = {"engine": "llama", "kind": "vllm", "model": "meta-llama/Llama-3.1-8B"}
+    assert value(families, "infermeter_kv_cache_bytes_per_token", **llama) == 131_072
+    assert value(families, "infermeter_cost_dollars_per_hour", **llama) == 3.0
+    assert value(families, "infermeter_cost_dollars_total", **llama) == 0.25
+    assert value(families, "infermeter_memory_bandwidth_utilization_ratio", source="engine", **llama) == \
+        pytest.approx(1e12 / 3.35e12)
+    assert value(families, "infermeter_gpu_memory_breakdown_bytes", component="weights", **llama) == 16_060_522_496
+    assert value(families, "infermeter_cost_per_million_tokens_dollars", token_type="total", **llama) == \
+        pytest.approx(3.0 / (2800 * 3600) * 1e6)
+    states = [v for n, labels, v in families["infermeter_rightsizing_state"] if labels["engine"] == "llama"]
+    assert sorted(states) == [0, 0, 0, 1]
+    assert value(families, "infermeter_gpu_peak_flops", gpu="0", dtype="fp8") == 1978.9e12
+    assert value(families, "infermeter_gpu_cost_dollars_per_hour", gpu="0") == 3.0
+    assert value(families, "infermeter_slo_time_per_output_token_seconds") == 0.05
+    # nothing about the down engine or the unpriced GPU
+    assert value(families, "infermeter_cost_dollars_per_hour", engine="down") is None
+    assert value(families, "infermeter_gpu_cost_dollars_per_hour", gpu="1") is None
