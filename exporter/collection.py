@@ -19,6 +19,7 @@ from exporter.catalog import QUANTILES
 from exporter.config import Config
 from exporter.derive.analysis import Analysis, Deployment, analyse
 from exporter.derive.assignment import assign_gpus
+from exporter.derive.cost import Costs, costs, engine_prompt_share
 from exporter.derive.engine import EngineStats, engine_stats
 from exporter.derive.window import SampleWindow
 from exporter.facts.gpus import GpuSpec
@@ -61,6 +62,7 @@ class EngineView:
     gpus: tuple[GpuSample, ...] = ()
     gpu_memory_used_bytes: float | None = None
     analysis: Analysis | None = None
+    costs: Costs | None = None
     # dollars spent on the engine's GPUs since the exporter started (None: no price known yet)
     cost_dollars_total: float | None = None
 
@@ -192,7 +194,7 @@ class Collection:
             identity = self._identity[name]
             engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
             memory = _process_memory(engine_gpus)
-            stats = analysis = None
+            stats = analysis = engine_costs = None
             if isinstance(result, EngineReading):
                 self._windows[name].add(result.sample)
                 identity.kind = result.sample.kind
@@ -201,14 +203,15 @@ class Collection:
                 try:
                     stats = engine_stats(self._windows[name].samples(), QUANTILES)
                     analysis = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
+                    engine_costs = _costs(stats, engine_gpus, prices, analysis)
                 except Exception:  # a derivation bug must cost this engine's series, not the snapshot
                     log.exception("engine %s: deriving windowed statistics failed", name)
                     self._windows[name].clear()
-                    stats = analysis = None
+                    stats = analysis = engine_costs = None
             views.append(EngineView(
                 name=name, up=stats is not None, kind=identity.kind, model=identity.model,
                 version=identity.version, stats=stats, gpus=engine_gpus, gpu_memory_used_bytes=memory,
-                analysis=analysis, cost_dollars_total=self._spend(name, analysis, now)))
+                analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now)))
         return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
                         slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds)
@@ -235,7 +238,7 @@ class Collection:
         utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
         used = memory if memory is not None else _used_memory(gpus)
         analysis = analyse(stats, deployment, utilization, used)
-        claimed = sum(analysis.memory_breakdown.get(k, 0.0) for k in ("weights", "kv_cache"))
+        claimed = sum(analysis.memory_breakdown.get(k, 0.0) for k in ("weights", "kv_cache"))  # all replicas
         if claimed > deployment.gpus * deployment.memory_bytes_per_gpu:
             self._facts.warn_once(
                 f"mismatch:{name}:{model.source}", "engine %s: model %s (%s) and the KV cache the engine reports "
@@ -243,9 +246,9 @@ class Collection:
                 "serves; pass the right --model-config", name, served, model.source, claimed / 1e9, deployment.gpus)
         return analysis
 
-    def _spend(self, name: str, analysis: Analysis | None, now: float) -> float | None:
+    def _spend(self, name: str, engine_costs: Costs | None, now: float) -> float | None:
         """Add the money spent since the last cycle at the current hourly cost (a counter)."""
-        hourly = analysis.cost_per_hour if analysis is not None else None
+        hourly = engine_costs.per_hour if engine_costs is not None else None
         last = self._spent_at.get(name)
         if hourly is not None:
             if last is not None and now > last:
@@ -286,6 +289,16 @@ def _spawn(name: str, read: Callable[[], object]) -> Future[tuple[object, float]
 
     threading.Thread(target=target, name=f"infermeter-read-{name}", daemon=True).start()
     return future
+
+
+def _costs(stats: EngineStats, gpus: Sequence[GpuSample], prices: Mapping[int, float],
+           analysis: Analysis | None) -> Costs | None:
+    """The engine's costs when every one of its GPUs has a price; the model only refines the split."""
+    if not gpus or any(g.index not in prices for g in gpus):
+        return None
+    share = analysis.prompt_time_share if analysis is not None else engine_prompt_share(stats)
+    utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
+    return costs(sum(prices[g.index] for g in gpus), stats, utilization, share)
 
 
 def _config(sample: EngineSample) -> Mapping[str, str]:

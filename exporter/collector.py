@@ -131,9 +131,6 @@ ANALYSIS_GAUGES: dict[str, str] = {
     "infermeter_expected_time_per_output_token_seconds": "expected_tpot_seconds",
     "infermeter_expected_time_to_first_token_seconds": "expected_ttft_seconds",
     "infermeter_tpot_efficiency_ratio": "tpot_efficiency_ratio",
-    "infermeter_cost_dollars_per_hour": "cost_per_hour",
-    "infermeter_cost_per_request_dollars": "cost_per_request",
-    "infermeter_idle_cost_dollars_per_hour": "idle_cost_per_hour",
     "infermeter_achievable_cost_per_million_tokens_dollars": "achievable_cost_per_million_tokens",
     "infermeter_rightsizing_gpus_needed": "gpus_needed",
     "infermeter_rightsizing_savings_dollars_per_hour": "savings_per_hour",
@@ -143,7 +140,11 @@ ANALYSIS_BREAKDOWNS: dict[str, tuple[str, str]] = {
     "infermeter_memory_bandwidth_utilization_ratio": ("mbu", "source"),
     "infermeter_model_flops_utilization_ratio": ("mfu", "source"),
     "infermeter_gpu_memory_breakdown_bytes": ("memory_breakdown", "component"),
-    "infermeter_cost_per_million_tokens_dollars": ("cost_per_million_tokens", "token_type"),
+}
+COST_GAUGES: dict[str, str] = {
+    "infermeter_cost_dollars_per_hour": "per_hour",
+    "infermeter_cost_per_request_dollars": "per_request",
+    "infermeter_idle_cost_dollars_per_hour": "idle_per_hour",
 }
 
 
@@ -152,6 +153,13 @@ def analysis_points(snapshot: Snapshot) -> Iterator[Point]:
         labels = {"engine": engine.name, "kind": engine.kind, "model": engine.model}
         if engine.cost_dollars_total is not None:
             yield Point("infermeter_cost_dollars_total", labels, engine.cost_dollars_total)
+        if engine.costs is not None:
+            for family, field_name in COST_GAUGES.items():
+                value = getattr(engine.costs, field_name)
+                if value is not None:
+                    yield Point(family, labels, value)
+            for token_type, value in sorted(engine.costs.per_million_tokens.items()):
+                yield Point("infermeter_cost_per_million_tokens_dollars", {**labels, "token_type": token_type}, value)
         analysis = engine.analysis
         if analysis is None:
             continue

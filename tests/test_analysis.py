@@ -11,7 +11,8 @@ import math
 import pytest
 
 from exporter.derive import roofline
-from exporter.derive.analysis import Deployment, analyse, gpus_needed, observed_load, prices
+from exporter.derive.analysis import Deployment, analyse, gpus_needed, observed_load
+from exporter.derive.cost import costs, engine_prompt_share
 from exporter.derive.engine import EngineStats, LatencySummary
 from exporter.facts.gpus import find
 from exporter.facts.models import ModelSpec, builtin
@@ -46,33 +47,34 @@ def test_llama_3_1_8b_bf16_on_one_h100() -> None:
     # table (128,256 x 4096 x 2 = 1,050,673,152 bytes), of which it reads one 8,192-byte row:
     # 16,060,522,496 - 1,050,673,152 + 8,192 = 15,009,857,536 bytes / 3.35e12 = 4.4806 ms
     # (counting the whole table too gives the often-quoted ~4.8 ms: 16,060,522,496 / 3.35e12 = 4.794 ms);
-    # compute 2 x 8,030,261,248 / 989.4e12 = 0.0162 ms -> memory-bound
+    # compute: 2 FLOPs per multiplied weight; the embedding lookup multiplies nothing:
+    # 2 x (8,030,261,248 - 525,336,576) / 989.4e12 = 2 x 7,504,924,672 / 989.4e12 = 0.01517 ms -> memory-bound
     step = roofline.decode_step(llama, H100, 1, batch=1, context=0, kv_bytes=2.0)
     assert step is not None
     assert step.memory_seconds == pytest.approx(4.4806e-3, rel=1e-4)
-    assert step.compute_seconds == pytest.approx(1.6232e-5, rel=1e-3)
+    assert step.compute_seconds == pytest.approx(1.5170e-5, rel=1e-3)
     assert step.bound == "memory" and step.seconds == step.memory_seconds
 
     # batch 32 at context 1024: KV read 32 x 1024 x 131,072 = 4,294,967,296 bytes; weights
     # 16,060,522,496 - 1,050,673,152 + 32 x 8,192 = 15,010,111,488 bytes;
     # memory (15,010,111,488 + 4,294,967,296) / 3.35e12 = 5.7627 ms;
-    # compute per token 2 x 8,030,261,248 + 4 x 32 layers x 32 heads x 128 x 1024 = 16,597,393,408 FLOPs,
-    # x 32 / 989.4e12 = 0.5368 ms -> still memory-bound
+    # compute per token 2 x 7,504,924,672 + 4 x 32 layers x 32 heads x 128 x 1024 = 15,546,720,256 FLOPs,
+    # x 32 / 989.4e12 = 0.5028 ms -> still memory-bound
     step = roofline.decode_step(llama, H100, 1, batch=32, context=1024, kv_bytes=2.0)
     assert step is not None
     assert step.memory_seconds == pytest.approx(5.7627e-3, rel=1e-4)
-    assert step.compute_seconds == pytest.approx(5.368e-4, rel=1e-3)
+    assert step.compute_seconds == pytest.approx(5.028e-4, rel=1e-3)
 
-    # prefill of 1000 tokens: 2 x 8,030,261,248 x 1000 + 2 x 32 x 32 x 128 x 1000^2 = 1.63227e13 FLOPs
-    # / 989.4e12 = 16.50 ms (compute-bound; one read of the weights would take 4.79 ms)
+    # prefill of 1000 tokens: 2 x 7,504,924,672 x 1000 + 2 x 32 x 32 x 128 x 1000^2 = 1.52720e13 FLOPs
+    # / 989.4e12 = 15.435 ms (compute-bound; one read of the weights would take 4.48 ms)
     first = roofline.prefill(llama, H100, 1, 1000)
     assert first is not None
-    assert first.seconds == pytest.approx(16.497e-3, rel=1e-3) and first.bound == "compute"
+    assert first.seconds == pytest.approx(15.435e-3, rel=1e-3) and first.bound == "compute"
 
     # KV capacity at gpu_memory_utilization 0.9 and 2 GiB overhead:
-    # 85,520,809,984 x 0.9 - 2,147,483,648 - 16,060,522,496 = 58,760,722,841.6 bytes / 131,072 = 448,308.6 tokens
+    # 85,520,809,984 x 0.9 - 2,147,483,648 - 16,060,522,496 = 58,760,722,841.6 bytes / 131,072 = 448,308.7 tokens
     capacity = roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, 2.0)
-    assert capacity == pytest.approx(448_308.6, rel=1e-6)
+    assert capacity == pytest.approx(448_308.7, rel=1e-6)
     # an fp8 KV cache halves the bytes per token and doubles the tokens
     assert roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, 1.0) == pytest.approx(2 * capacity)
 
@@ -87,8 +89,8 @@ def test_llama_3_1_70b_on_four_h100_with_tensor_parallel() -> None:
     step = roofline.decode_step(llama, H100, 4, 1, 0, 2.0)
     assert step is not None and step.seconds == pytest.approx(10.3736e-3, rel=1e-4)
     # capacity: 4 x (85,520,809,984 x 0.9 - 2,147,483,648) - 141,107,412,992 = 158,177,568,358.4 bytes
-    # / 327,680 = 482,719.4 tokens
-    assert roofline.kv_capacity_tokens(llama, 4, H100_MEMORY, 2.0) == pytest.approx(482_719.4, rel=1e-6)
+    # / 327,680 = 482,719.6 tokens
+    assert roofline.kv_capacity_tokens(llama, 4, H100_MEMORY, 2.0) == pytest.approx(482_719.6, rel=1e-6)
     # on one H100 the weights alone do not fit: no KV cache at all
     assert roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, 2.0) == 0
 
@@ -116,8 +118,8 @@ def test_mixtral_reads_only_the_experts_a_batch_touches() -> None:
     big = roofline.decode_step(mixtral, H100, 2, 64, 0, 2.0)
     assert big is not None
     assert big.memory_seconds == pytest.approx((mixtral.weight_bytes - table + 64 * 8192) / 6.7e12, rel=1e-6)
-    # compute uses the active parameters: 2 x 12.88e9 x 64 / (2 x 989.4e12)
-    assert big.compute_seconds == pytest.approx(2 * mixtral.params_active * 64 / (2 * BF16))
+    # compute uses the active parameters less the embedding lookup: 2 x (12.88e9 - 32,000 x 4096) x 64 / (2 x 989.4e12)
+    assert big.compute_seconds == pytest.approx(2 * (mixtral.params_active - 32_000 * 4096) * 64 / (2 * BF16))
 
 
 def test_fp8_and_awq_int4_checkpoints_move_the_decode_floor() -> None:
@@ -131,9 +133,9 @@ def test_fp8_and_awq_int4_checkpoints_move_the_decode_floor() -> None:
     step = roofline.decode_step(fp8, H100, 1, 1, 0, 2.0)
     assert step is not None and step.seconds == pytest.approx((fp8.weight_bytes - 1_050_673_152 + 8192) / BW)
     assert step.seconds == pytest.approx(2.3972e-3, rel=1e-4)
-    # its compute runs at the fp8 peak: 2 x 8,030,261,248 x 256 / 1978.9e12
+    # its compute runs at the fp8 peak: 2 x 7,504,924,672 x 256 / 1978.9e12
     assert roofline.decode_step(fp8, H100, 1, 256, 0, 2.0).compute_seconds == pytest.approx(  # type: ignore[union-attr]
-        2 * fp8.params_active * 256 / FP8)
+        2 * 7_504_924_672 * 256 / FP8)
     # AWQ int4 (group size 128): 0.5 byte per linear weight plus fp16 scales and packed zeros,
     # embeddings and lm_head in fp16: 5,727,854,592 bytes; read per step 5,727,854,592 - 1,050,673,152 + 8,192
     # = 4,677,189,632 -> 1.3962 ms
@@ -169,32 +171,50 @@ def deployment(gpus: int = 1, price: float | None = 3.0, slo_tpot: float | None 
 
 def test_cost_per_request_and_per_million_tokens_to_the_cent() -> None:
     # 8 GPUs at $4.00 = $32.00 an hour; 0.5 requests/s = 1,800 requests/hour -> $0.017778 = 1.78 cents each
-    eight = Deployment(model=model("meta-llama/Llama-3.1-70B"), gpu=H100, gpus=8, memory_bytes_per_gpu=H100_MEMORY,
-                       price_per_gpu_hour=4.0)
-    window = stats(rps=0.5, prompt_tps=750, generation_tps=250, running=8,
-                   extra_rates={"prefill_seconds": 0.25, "decode_seconds": 0.75})
-    cost = prices(eight, observed_load(window), window, [0.5] * 8, None, None, None)
-    assert cost["cost_per_hour"] == 32.0
-    assert round(float(cost["cost_per_request"]) * 100, 2) == 1.78  # type: ignore[arg-type]
-    per_million = cost["cost_per_million_tokens"]
-    assert isinstance(per_million, dict)
+    window = stats(rps=0.5, prompt_tps=750, generation_tps=250, running=3,
+                   extra_rates={"prefill_seconds": 0.25, "decode_seconds": 2.25})
+    # vLLM's summed per-request times: 0.25 s of prefill and 2.25 s of decode per second; 3 requests decode
+    # together, so the GPU spent 2.25 / 3 = 0.75 s decoding: prompt share 0.25 / (0.25 + 0.75) = 25 %
+    share = engine_prompt_share(window)
+    assert share == pytest.approx(0.25)
+    cost = costs(32.0, window, [0.5] * 8, share)
+    assert cost.per_hour == 32.0
+    assert cost.per_request is not None and round(cost.per_request * 100, 2) == 1.78
+    per_million = cost.per_million_tokens
     # total: $32 / (1,000 tokens/s x 3,600 s) x 1e6 = $8.89 per million tokens
     assert per_million["total"] == pytest.approx(8.8889, rel=1e-4)
-    # the engine spent 25 % of its GPU time in prefill: prompts 32 x 0.25 / (750 x 3600) x 1e6 = $2.96,
-    # generation 32 x 0.75 / (250 x 3600) x 1e6 = $26.67 per million tokens
+    # prompts 32 x 0.25 / (750 x 3600) x 1e6 = $2.96, generation 32 x 0.75 / (250 x 3600) x 1e6 = $26.67
     assert per_million["prompt"] == pytest.approx(2.9630, rel=1e-4)
     assert per_million["generation"] == pytest.approx(26.667, rel=1e-4)
     # both at once cost what the total says: 750 x 2.963 + 250 x 26.667 = 1000 x 8.889
     assert 750 * per_million["prompt"] + 250 * per_million["generation"] == pytest.approx(1000 * per_million["total"])
     # GPUs busy half the time: half of the hourly cost is idle
-    assert cost["idle_cost_per_hour"] == 16.0
+    assert cost.idle_per_hour == 16.0
 
 
-def test_no_price_means_no_cost_and_no_requests_no_cost_per_request() -> None:
+def test_no_requests_no_cost_per_request_and_no_split_without_times() -> None:
     window = stats(rps=0.0, generation_tps=0.0)
-    assert prices(deployment(price=None), observed_load(window), window, [0.1], None, None, None) == {}
-    cost = prices(deployment(price=3.0), observed_load(window), window, [0.1], None, None, None)
-    assert "cost_per_request" not in cost and cost["cost_per_million_tokens"] == {}
+    cost = costs(3.0, window, [0.1], None)
+    assert cost.per_request is None and cost.per_million_tokens == {}
+    busy = stats(rps=1.0, generation_tps=100.0, prompt_tps=100.0)
+    assert engine_prompt_share(busy) is None  # the engine reports no prefill/decode times
+    assert set(costs(3.0, busy, [], None).per_million_tokens) == {"total"}
+    assert costs(3.0, busy, [], None).idle_per_hour is None  # no utilisation known
+
+
+def test_analytic_prompt_share_when_the_engine_reports_no_times() -> None:
+    # Llama-3.1-8B on one H100, 8 running, 1000-token prompts at 2 requests/s, 400 generated tokens/s:
+    # prefill of 1000 tokens takes 15.435 ms (compute-bound); decode at batch 8 about 4.8 ms a step.
+    # Prompt GPU time per second: 2000 tok/s x 15.435 ms / 1000 tok = 30.9 ms; generation
+    # 400 tok/s x step / 8 -> the prompt share is the first over the sum
+    window = stats(running=8, kv_usage=0.02, prompt_tps=2000, generation_tps=400, rps=2)
+    result = analyse(window, deployment(), [0.5], None)
+    load = observed_load(window)
+    first = roofline.prefill(model("meta-llama/Llama-3.1-8B"), H100, 1, 1000)
+    step = roofline.decode_step(model("meta-llama/Llama-3.1-8B"), H100, 1, 8, load.context, 2.0)
+    assert first is not None and step is not None and load.mean_prompt_tokens == 1000
+    prompt_time = 2000 * first.seconds / 1000
+    assert result.prompt_time_share == pytest.approx(prompt_time / (prompt_time + 400 * step.seconds / 8))
 
 
 def test_gpus_needed_for_the_observed_demand() -> None:
@@ -262,7 +282,6 @@ def test_overprovisioned_engine_shows_savings() -> None:
                      deployment(gpus=4, replicas=4), [0.05] * 4, None)
     assert result.gpus_needed == 1 and result.state == "overprovisioned"
     assert result.savings_per_hour == 9.0
-    assert result.cost_per_hour == 12.0
     # achievable $/Mtok at the right size: 1 GPU x $3 / (50 tokens/s x 3600) x 1e6 = $16.67
     assert result.achievable_cost_per_million_tokens == pytest.approx(16.667, rel=1e-4)
 
@@ -283,8 +302,8 @@ def test_efficiency_mbu_and_mfu() -> None:
     # MBU = (15,010,111,488 weights read at batch 32 + 112,077 x 131,072) / 0.012 s / 3.35e12
     mbu = (15_010_111_488 + 0.25 * 448_308 * 131_072) / 0.012 / 3.35e12
     assert result.mbu["analytic"] == pytest.approx(mbu)
-    # MFU = 2 x 8,030,261,248 x 2,666.7 tokens/s / 989.4e12
-    assert result.mfu["analytic"] == pytest.approx(2 * 8_030_261_248 * (32 / 0.012) / BF16)
+    # MFU = 2 x 7,504,924,672 multiplied weights x 2,666.7 tokens/s / 989.4e12
+    assert result.mfu["analytic"] == pytest.approx(2 * 7_504_924_672 * (32 / 0.012) / BF16)
     assert "engine" not in result.mbu  # vLLM's own estimate only where it reports it
 
 
@@ -298,8 +317,8 @@ def test_engine_reported_flops_and_bytes_beside_the_analytic_estimate() -> None:
 
 
 def test_memory_breakdown_from_nvml_used_memory() -> None:
-    # 448,308 KV tokens x 131,072 = 58,760,331,264 bytes; NVML says 80e9 used
-    # -> other = 80e9 - 16,060,522,496 - 58,760,331,264 = 5,179,146,240
+    # 448,308 KV tokens (the engine's capacity in these stats) x 131,072 = 58,760,626,176 bytes; NVML says
+    # 80e9 used -> other = 80e9 - 16,060,522,496 - 58,760,626,176 = 5,178,851,328
     result = analyse(stats(), deployment(), [0.0], 80e9)
     assert result.memory_breakdown == {"weights": 16_060_522_496, "kv_cache": 448_308 * 131_072,
                                        "other": pytest.approx(80e9 - 16_060_522_496 - 448_308 * 131_072)}
@@ -315,7 +334,17 @@ def test_kv_dtype_from_vllm_cache_config() -> None:
                            engine_config={"cache_dtype": "fp8", "gpu_memory_utilization": "0.95"})
     result = analyse(stats(), fp8_cache, [], None)
     assert result.kv_bytes_per_token == 65_536
-    # (85,520,809,984 x 0.95 - 2,147,483,648 - 16,060,522,496) / 65,536 = 961,458.7 tokens
+    # (85,520,809,984 x 0.95 - 2,147,483,648 - 16,060,522,496) / 65,536 = 961,864.7 tokens
+    assert result.expected_kv_capacity_tokens == pytest.approx(961_864.7, rel=1e-6)
     assert result.expected_kv_capacity_tokens == pytest.approx(
         (H100_MEMORY * 0.95 - 2 * GIB - 16_060_522_496) / 65_536)
     assert math.isfinite(result.expected_kv_capacity_tokens)
+
+
+def test_data_parallel_replicas_hold_a_copy_of_the_weights_each() -> None:
+    dp2 = Deployment(model=model("meta-llama/Llama-3.1-8B"), gpu=H100, gpus=2, memory_bytes_per_gpu=H100_MEMORY,
+                     price_per_gpu_hour=3.0, replicas=2)
+    result = analyse(stats(capacity=2 * 448_308), dp2, [0.5, 0.5], 150e9)
+    assert result.memory_breakdown["weights"] == 2 * 16_060_522_496
+    # each rank: 448,308.7 tokens; two ranks
+    assert result.expected_kv_capacity_tokens == pytest.approx(2 * 448_308.7, rel=1e-6)

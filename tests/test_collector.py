@@ -10,6 +10,7 @@ from exporter.catalog import BY_NAME, CATALOG
 from exporter.collection import CollectorStatus, EngineView, Snapshot
 from exporter.collector import SnapshotCollector
 from exporter.derive.analysis import Analysis, Deployment, analyse
+from exporter.derive.cost import Costs
 from exporter.derive.engine import EngineStats, LatencySummary
 from exporter.facts.gpus import find
 from exporter.facts.models import builtin
@@ -45,7 +46,7 @@ def snapshot() -> Snapshot:
         timestamp=1_700_000_000.0, window_seconds=300,
         nvml=NvmlReading(driver_version="580.95.05", gpus=(GPU0, GPU1)),
         engines=(EngineView("llama", True, "vllm", "meta-llama/Llama-3.1-8B", "0.10.2", stats, (GPU0,), 6.9e10,
-                            analysis(), 0.25),
+                            analysis(), Costs(3.0, 0.0004, {"total": 3.0 / (2800 * 3600) * 1e6}, 0.3), 0.25),
                  EngineView("down", False, "tgi", "", "", None, (GPU1,), None)),
         collectors={"nvml": CollectorStatus(True, 0.01, 0), "engine/down": CollectorStatus(False, 0.5, 7)},
         gpu_specs={0: find("NVIDIA H100 80GB HBM3")}, gpu_prices={0: 3.0},  # type: ignore[dict-item]

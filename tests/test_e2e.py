@@ -316,12 +316,14 @@ def test_expectations_cost_and_rightsizing_through_the_exporter(
         spent = value(first, "infermeter_cost_dollars_total", **llama)
         assert spent is not None
         wait_for(lambda: (value(exporter.samples(), "infermeter_cost_dollars_total", **llama) or 0) > spent)
-        # the TGI engine's model is not in any catalogue: its expectations are absent, not zero
+        # the TGI engine's model is not in any catalogue: its expectations are absent, not zero;
+        # its GPU has a price, so what it costs is still known
         tgi_labels = {"engine": "tgi"}
         later = exporter.samples()
         for name in ("infermeter_expected_time_per_output_token_seconds", "infermeter_model_weight_bytes",
-                     "infermeter_cost_dollars_per_hour", "infermeter_rightsizing_gpus_needed"):
+                     "infermeter_rightsizing_gpus_needed", "infermeter_achievable_cost_per_million_tokens_dollars"):
             assert value(later, name, **tgi_labels) is None, name
+        assert value(later, "infermeter_cost_dollars_per_hour", **tgi_labels) == 2.5
         assert "engine tgi: no architecture known for model" in exporter.log()
     finally:
         exporter.stop()

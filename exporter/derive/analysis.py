@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exporter.derive import roofline
+from exporter.derive.cost import engine_prompt_share
 from exporter.derive.engine import EngineStats
 from exporter.facts.gpus import GpuSpec
 from exporter.facts.models import ModelSpec
@@ -91,10 +92,8 @@ class Analysis:
     mbu: Mapping[str, float] = field(default_factory=dict)   # source ("analytic" | "engine") -> ratio
     mfu: Mapping[str, float] = field(default_factory=dict)
     memory_breakdown: Mapping[str, float] = field(default_factory=dict)  # weights | kv_cache | other
-    cost_per_hour: float | None = None
-    cost_per_request: float | None = None
-    cost_per_million_tokens: Mapping[str, float] = field(default_factory=dict)  # prompt | generation | total
-    idle_cost_per_hour: float | None = None
+    # share of GPU time on prompts (the engine's own times, else the analytic ones), for the cost split
+    prompt_time_share: float | None = None
     achievable_cost_per_million_tokens: float | None = None
     gpus_needed: int | None = None
     state: str | None = None
@@ -164,19 +163,24 @@ def analyse(stats: EngineStats, deployment: Deployment, gpu_utilization: Sequenc
     if flops_rate is not None and peak:
         mfu["engine"] = flops_rate / peak
 
-    breakdown = memory_breakdown(model.weight_bytes, stats.gauges.get("kv_cache_capacity_tokens"), kv_per_token,
-                                 gpu_memory_used_bytes)
+    breakdown = memory_breakdown(model.weight_bytes * replicas, stats.gauges.get("kv_cache_capacity_tokens"),
+                                 kv_per_token, gpu_memory_used_bytes)
     needed = gpus_needed(deployment, load)
     state = rightsizing_state(stats, load, deployment, bandwidth_share(load, deployment), needed)
-    cost = prices(deployment, load, stats, gpu_utilization, decode, prefill, needed)
-    if needed is not None and deployment.price_per_gpu_hour is not None:
-        cost["savings_per_hour"] = max(deployment.gpus - needed, 0) * deployment.price_per_gpu_hour
+    share = prompt_time_share(stats, load, decode, prefill)
+    cost: dict[str, float] = {}
+    price = deployment.price_per_gpu_hour
+    tokens = load.prompt_tokens_per_second + load.generation_tokens_per_second
+    if needed is not None and price is not None:
+        cost["savings_per_hour"] = max(deployment.gpus - needed, 0) * price
+        if tokens > 0:
+            cost["achievable_cost_per_million_tokens"] = price * needed / (tokens * 3600) * 1e6
     return Analysis(
         model=model, kv_bytes_per_token=kv_per_token, model_weight_bytes=model.weight_bytes,
         expected_kv_capacity_tokens=capacity, expected_tpot_seconds=expected_tpot,
         expected_ttft_seconds=prefill.seconds if prefill else None, tpot_efficiency_ratio=efficiency,
-        mbu=mbu, mfu=mfu, memory_breakdown=breakdown, gpus_needed=needed, state=state,
-        **cost)  # type: ignore[arg-type]
+        mbu=mbu, mfu=mfu, memory_breakdown=breakdown, gpus_needed=needed, state=state, prompt_time_share=share,
+        **cost)
 
 
 def memory_breakdown(weights: float, kv_capacity_tokens: float | None, kv_per_token: float,
@@ -264,43 +268,13 @@ def _batch_limit(deployment: Deployment, load: Load) -> int:
                                   deployment.kv_bytes, capacity, deployment.slo_tpot_seconds)
 
 
-def prices(deployment: Deployment, load: Load, stats: EngineStats, gpu_utilization: Sequence[float],
-           decode: roofline.StepTime | None, prefill: roofline.StepTime | None,
-           needed: int | None) -> dict[str, object]:
-    """Cost per hour, per request, per million tokens (split by GPU time), idle and achievable cost."""
-    price = deployment.price_per_gpu_hour
-    if price is None:
-        return {}
-    hourly = price * deployment.gpus
-    cost: dict[str, object] = {"cost_per_hour": hourly}
-    if load.requests_per_second > 0:
-        cost["cost_per_request"] = hourly / (load.requests_per_second * 3600)
-    if gpu_utilization:
-        cost["idle_cost_per_hour"] = hourly * (1 - min(max(sum(gpu_utilization) / len(gpu_utilization), 0.0), 1.0))
-    tokens = load.prompt_tokens_per_second + load.generation_tokens_per_second
-    per_million: dict[str, float] = {}
-    if tokens > 0:
-        per_million["total"] = hourly / (tokens * 3600) * 1e6
-        share = prompt_time_share(stats, load, decode, prefill)
-        if share is not None:
-            if load.prompt_tokens_per_second > 0:
-                per_million["prompt"] = hourly * share / (load.prompt_tokens_per_second * 3600) * 1e6
-            if load.generation_tokens_per_second > 0:
-                per_million["generation"] = hourly * (1 - share) / (load.generation_tokens_per_second * 3600) * 1e6
-        if needed is not None:
-            cost["achievable_cost_per_million_tokens"] = price * needed / (tokens * 3600) * 1e6
-    cost["cost_per_million_tokens"] = per_million
-    return cost
-
-
 def prompt_time_share(stats: EngineStats, load: Load, decode: roofline.StepTime | None,
                       prefill: roofline.StepTime | None) -> float | None:
     """Share of GPU time spent on prompts: the engine's own prefill/decode time where it reports it
-    (vLLM request_prefill/decode_time), else the analytic times of the observed token rates."""
-    prefill_rate = stats.counter_rates.get("prefill_seconds")
-    decode_rate = stats.counter_rates.get("decode_seconds")
-    if prefill_rate is not None and decode_rate is not None and prefill_rate + decode_rate > 0:
-        return prefill_rate / (prefill_rate + decode_rate)
+    (cost.engine_prompt_share), else the analytic times of the observed token rates."""
+    own = engine_prompt_share(stats)
+    if own is not None:
+        return own
     if decode is None or prefill is None or load.mean_prompt_tokens is None:
         return None
     prompt_time = load.prompt_tokens_per_second * prefill.seconds / load.mean_prompt_tokens

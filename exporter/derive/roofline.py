@@ -8,7 +8,8 @@ formulas and their sources are written out in docs/analytic-model.md; in short:
 - Decode step (one output token for each of B sequences with mean context c, on n GPUs):
   max(memory, compute), memory = (weight bytes read + B x c x KV bytes per token) / (n x bandwidth),
   where the weights read are all of them but the input embedding table (only B of its rows),
-  compute = (2 x active params + 4 x layers x heads x head_dim x c) x B / (n x peak FLOP/s).
+  compute = (2 x active params + 4 x layers x heads x head_dim x c) x B / (n x peak FLOP/s), the
+  active params without the input embedding table (a lookup) unless it is tied to the LM head.
   A mixture-of-experts layer reads only the experts its B tokens touch, each routed to k of E
   experts: with uniform routing, E x (1 - (1 - k/E)^B) of them (k for one token, E for many).
 - Prefill of s prompt tokens: compute = (2 x active params x s + 2 x layers x heads x head_dim x s^2)
@@ -86,6 +87,13 @@ def weight_bytes_read(model: ModelSpec, tokens: float) -> float:
     return total
 
 
+def matmul_params(model: ModelSpec) -> float:
+    """Active parameters a token multiplies by: all active ones but the input embedding table (a
+    lookup, no FLOPs), unless it is tied to the LM head (then the LM head's product counts it)."""
+    lookup = 0.0 if model.tied_embeddings else float(model.vocab_size * model.hidden_size)
+    return float(model.params_active) - lookup
+
+
 def compute_dtype(model: ModelSpec) -> str:
     return model.weight_dtype
 
@@ -118,7 +126,7 @@ def decode_step(model: ModelSpec, gpu: GpuSpec, gpus: int, batch: float, context
         return None
     batch = max(batch, 1.0)
     moved = weight_bytes_read(model, batch) + batch * context * kv_bytes_per_token(model, kv_bytes)
-    per_token_flops = 2.0 * model.params_active + 4.0 * model.layers * model.heads * model.head_dim * context
+    per_token_flops = 2.0 * matmul_params(model) + 4.0 * model.layers * model.heads * model.head_dim * context
     return StepTime(moved / (gpus * gpu.memory_bandwidth_bytes_per_second),
                     per_token_flops * batch / (gpus * flops))
 
@@ -128,7 +136,7 @@ def prefill(model: ModelSpec, gpu: GpuSpec, gpus: int, prompt_tokens: float) -> 
     flops = peak_flops(gpu, model)
     if flops is None or gpus < 1 or prompt_tokens <= 0:
         return None
-    work = (2.0 * model.params_active * prompt_tokens
+    work = (2.0 * matmul_params(model) * prompt_tokens
             + 2.0 * model.layers * model.heads * model.head_dim * prompt_tokens**2)
     weights = weight_bytes_read(model, prompt_tokens)
     return StepTime(weights / (gpus * gpu.memory_bandwidth_bytes_per_second), work / (gpus * flops))
@@ -155,11 +163,11 @@ def memory_bandwidth_utilization(bytes_per_step: float, step_seconds: float, gpu
 
 
 def model_flops_utilization(model: ModelSpec, gpu: GpuSpec, gpus: int, tokens_per_second: float) -> float | None:
-    """MFU: 2 x active params x tokens per second over the peak FLOP/s of the engine's GPUs."""
+    """MFU: 2 x active params (the matrix products') x tokens per second over the engine's GPUs' peak."""
     flops = peak_flops(gpu, model)
     if flops is None or gpus < 1:
         return None
-    return 2.0 * model.params_active * tokens_per_second / (gpus * flops)
+    return 2.0 * matmul_params(model) * tokens_per_second / (gpus * flops)
 
 
 def largest_batch(model: ModelSpec, gpu: GpuSpec, gpus: int, context: float, kv_bytes: float,

@@ -296,6 +296,11 @@ def from_config(config: Mapping[str, Any], name: str, source: str, *, dtype: str
     kv_heads = _int(config, "num_key_value_heads", source, default=heads)
     head_dim = _int(config, "head_dim", source, default=d // heads)
     vocab = _int(config, "vocab_size", source)
+    unmodelled = [k for k in ("n_routed_experts", "n_shared_experts", "first_k_dense_replace", "kv_lora_rank")
+                  if config.get(k) is not None]
+    if unmodelled:
+        raise _fail(source, f"{architecture}: {', '.join(unmodelled)} (DeepSeek-style experts or latent attention) "
+                            "are not modelled yet")
     experts = int(config.get("num_local_experts") or config.get("num_experts") or 0)
     if experts > 1:
         has_moe_size = config.get("moe_intermediate_size") is not None
