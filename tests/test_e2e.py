@@ -120,9 +120,11 @@ def test_vllm_tgi_and_gpus_end_to_end(tmp_path: Path, vllm_engine: tuple[FakeEng
         assert value(samples, "infermeter_e2e_request_latency_seconds", quantile="0.5", **llama) is None
 
         rate = value(samples, "infermeter_generation_tokens_per_second", **llama)
-        # the increase over the time between the window's first and last samples: at least one interval
-        # apart (0.5 s, less a little scheduling jitter), at most the test's whole run
-        assert rate is not None and 1000 / elapsed <= rate <= 1000 / 0.45
+        # the increase over the time between the window's first and last samples: at most the test's whole
+        # run, at least about one interval (0.5 s). Two reads' timestamps are taken when each read ends, so
+        # their spacing can shrink by the difference of their durations under load: the upper bound allows
+        # half an interval. (test_collection checks the exact arithmetic with a controlled clock.)
+        assert rate is not None and 1000 / elapsed <= rate <= 1000 / 0.25
         assert value(samples, "infermeter_requests_waiting", **llama) == 7
         capacity = value(samples, "infermeter_kv_cache_capacity_tokens", **llama)
         assert capacity is not None and capacity > 0
