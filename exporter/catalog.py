@@ -174,6 +174,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _self("slo_time_to_first_token_seconds", "gauge", "seconds", "Time-to-first-token target (--slo-ttft-seconds)."),
     _self("slo_time_per_output_token_seconds", "gauge", "seconds",
           "Time-per-output-token target (--slo-tpot-seconds)."),
+    _self("budget_cost_per_request_dollars", "gauge", "dollars",
+          "What a request may cost (--budget-cost-per-request-dollars)."),
     _self("build_info", "info", "", "infermeter build; value 1.", ("version",)),
 )
 

@@ -81,6 +81,7 @@ class Snapshot:
     gpu_prices: Mapping[int, float] = field(default_factory=dict)
     slo_ttft_seconds: float | None = None
     slo_tpot_seconds: float | None = None
+    budget_cost_per_request_dollars: float | None = None
 
 
 @dataclass
@@ -214,7 +215,8 @@ class Collection:
                 analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now)))
         return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
-                        slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds)
+                        slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds,
+                        budget_cost_per_request_dollars=self.config.budget_cost_per_request_dollars)
 
     def _analyse(self, name: str, reading: EngineReading, stats: EngineStats, gpus: Sequence[GpuSample],
                  specs: Mapping[int, GpuSpec], prices: Mapping[int, float], memory: float | None) -> Analysis | None:

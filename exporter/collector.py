@@ -192,6 +192,8 @@ def self_points(snapshot: Snapshot) -> Iterator[Point]:
         yield Point("infermeter_slo_time_to_first_token_seconds", {}, snapshot.slo_ttft_seconds)
     if snapshot.slo_tpot_seconds is not None:
         yield Point("infermeter_slo_time_per_output_token_seconds", {}, snapshot.slo_tpot_seconds)
+    if snapshot.budget_cost_per_request_dollars is not None:
+        yield Point("infermeter_budget_cost_per_request_dollars", {}, snapshot.budget_cost_per_request_dollars)
     yield Point("infermeter_build_info", {"version": __version__}, 1)
 
 

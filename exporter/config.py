@@ -58,6 +58,7 @@ class Config:
     model_configs: Mapping[str, str] | None = None
     slo_ttft_seconds: float | None = None
     slo_tpot_seconds: float | None = None
+    budget_cost_per_request_dollars: float | None = None
     # NVML product name -> spec or price fields (the config file's `gpus` table), validated at start
     gpu_specs: Mapping[str, Mapping[str, Any]] | None = None
 
@@ -263,6 +264,8 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_seconds, None, "SECONDS"),
     Setting("slo-tpot-seconds", "Time-per-output-token target for right-sizing (and exported for alerts).",
             _positive_seconds, None, "SECONDS"),
+    Setting("budget-cost-per-request-dollars", "What a request may cost; exported for the "
+            "InfermeterCostPerRequestHigh alert.", _dollars, None, "DOLLARS"),
     Setting("gpus", "Specs or prices for GPUs by NVML name, e.g. a GPU the catalogue lacks, or your negotiated "
             "price (see docs/analytic-model.md).", _gpu_specs, None, file_only=True),
     Setting("config", "YAML or TOML file with any of these settings as keys.", _path, None, "FILE"),
@@ -433,6 +436,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         model_configs=model_configs or None,
         slo_ttft_seconds=values["slo-ttft-seconds"],
         slo_tpot_seconds=values["slo-tpot-seconds"],
+        budget_cost_per_request_dollars=values["budget-cost-per-request-dollars"],
         gpu_specs=values["gpus"],
     )
 

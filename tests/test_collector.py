@@ -50,7 +50,7 @@ def snapshot() -> Snapshot:
                  EngineView("down", False, "tgi", "", "", None, (GPU1,), None)),
         collectors={"nvml": CollectorStatus(True, 0.01, 0), "engine/down": CollectorStatus(False, 0.5, 7)},
         gpu_specs={0: find("NVIDIA H100 80GB HBM3")}, gpu_prices={0: 3.0},  # type: ignore[dict-item]
-        slo_ttft_seconds=1.0, slo_tpot_seconds=0.05,
+        slo_ttft_seconds=1.0, slo_tpot_seconds=0.05, budget_cost_per_request_dollars=0.002,
     )
 
 
@@ -154,6 +154,7 @@ def test_analysis_and_cost_series() -> None:
     assert value(families, "infermeter_gpu_peak_flops", gpu="0", dtype="fp8") == 1978.9e12
     assert value(families, "infermeter_gpu_cost_dollars_per_hour", gpu="0") == 3.0
     assert value(families, "infermeter_slo_time_per_output_token_seconds") == 0.05
+    assert value(families, "infermeter_budget_cost_per_request_dollars") == 0.002
     # nothing about the down engine or the unpriced GPU
     assert value(families, "infermeter_cost_dollars_per_hour", engine="down") is None
     assert value(families, "infermeter_gpu_cost_dollars_per_hour", gpu="1") is None
