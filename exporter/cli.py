@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter import report
 
         return report.main(args[1:])
+    if args[:1] == ["simulate"]:
+        from exporter import simulate
+
+        return simulate.main(args[1:])
     try:
         config = load_config(args, os.environ)
     except ConfigError as err:

@@ -1,0 +1,641 @@
+"""Grafana dashboards for infermeter, as code.
+
+``python3 dashboards/generate.py`` writes ``dashboards/*.json`` (sorted keys, 2-space indent, trailing
+newline, so a regeneration diffs cleanly); ``--check`` writes nothing and exits 1 when a committed file
+differs from what this script generates.
+
+Every query reads raw ``infermeter_*`` series (no recording rules), so each panel works against a single
+exporter. Ratios across engines are computed from sums (``sum(cost) / sum(tokens)``), never by averaging
+per-engine ratios. Plain Python and the standard library only: no dashboard SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SCHEMA_VERSION = 39  # Grafana 10.4 and 11
+GRID_WIDTH = 24
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+TAGS = ["infermeter"]
+
+# --- units (Grafana unit ids) ---
+SECONDS = "s"
+RATIO = "percentunit"
+USD = "currencyUSD"
+BYTES = "bytes"
+WATTS = "watt"
+JOULES = "joule"
+CELSIUS = "celsius"
+HERTZ = "hertz"
+REQUESTS_PER_SECOND = "reqps"
+TOKENS_PER_SECOND = "count:tok/s"
+TOKENS = "count:tok"
+PER_SECOND = "count:/s"
+COUNT = "short"
+NONE = "none"
+
+# --- selectors: the one place that says which series a dashboard reads ---
+ENGINE_MATCHERS = 'instance=~"$instance", engine=~"$engine", model=~"$model"'
+GPU_MATCHERS = 'instance=~"$instance", gpu=~"$gpu"'
+NODE_MATCHERS = 'instance=~"$instance"'
+ENGINE_KEY = "job, instance, engine"  # identifies one engine across its series
+
+# --- legends ---
+ENGINE_LEGEND = "{{engine}} ({{model}}, {{instance}})"
+GPU_LEGEND = "GPU {{gpu}} ({{instance}})"
+
+# Grafana variables and the values PromQL checks use in their place (see ``substitute``).
+VARIABLE_VALUES = {
+    "__rate_interval": "5m",
+    "__range": "1h",
+    "__interval": "1m",
+    "instance": ".*",
+    "engine": ".*",
+    "model": ".*",
+    "gpu": ".*",
+}
+
+
+def engine(metric: str, *matchers: str) -> str:
+    """``metric`` restricted to the selected instances, engines and models."""
+    return metric + "{" + ", ".join((ENGINE_MATCHERS, *matchers)) + "}"
+
+
+def gpu(metric: str, *matchers: str) -> str:
+    """A per-GPU ``metric`` restricted to the selected instances and GPUs."""
+    return metric + "{" + ", ".join((GPU_MATCHERS, *matchers)) + "}"
+
+
+def node(metric: str) -> str:
+    """A per-exporter ``metric`` (no engine or GPU label) on the selected instances."""
+    return metric + "{" + NODE_MATCHERS + "}"
+
+
+TOKENS_PER_SECOND_EXPR = (f"{engine('infermeter_prompt_tokens_per_second')}"
+                          f" + {engine('infermeter_generation_tokens_per_second')}")
+
+
+def engine_gpus(by: str = "") -> str:
+    """GPUs the selected engines use, counted ``by`` labels (or all of them); ``engine_gpu_info`` has no
+    ``model`` label, so it comes from ``engine_up``."""
+    gpus = (f"infermeter_engine_gpu_info{{{NODE_MATCHERS}, engine=~\"$engine\"}}"
+            f" * on ({ENGINE_KEY}) group_left (model) {engine('infermeter_engine_up')}")
+    return f"count by ({by}) ({gpus})" if by else f"count({gpus})"
+
+
+def total(expr: str, by: str = "") -> str:
+    """``sum by (by) (expr)``, or ``sum(expr)`` over everything when ``by`` is empty."""
+    return f"sum by ({by}) ({expr})" if by else f"sum({expr})"
+
+
+def per_million_tokens(by: str = "") -> str:
+    """Dollars per million tokens from sums: hourly cost over tokens per hour."""
+    return (f"{total(engine('infermeter_cost_dollars_per_hour'), by)} * 1e6"
+            f" / (3600 * {total(TOKENS_PER_SECOND_EXPR, by)} > 0)")
+
+
+def achievable_per_million_tokens(by: str = "") -> str:
+    """Achievable $/Mtok from sums: the engines' achievable cost weighted by their tokens per second."""
+    achievable = engine("infermeter_achievable_cost_per_million_tokens_dollars")
+    return (f"{total(f'{achievable} * ({TOKENS_PER_SECOND_EXPR})', by)}"
+            f" / ({total(f'({TOKENS_PER_SECOND_EXPR}) and {achievable}', by)} > 0)")
+
+
+def per_request(by: str = "") -> str:
+    """Dollars per request from sums: hourly cost over requests per hour."""
+    return (f"{total(engine('infermeter_cost_dollars_per_hour'), by)}"
+            f" / (3600 * {total(engine('infermeter_requests_per_second'), by)} > 0)")
+
+
+def substitute(expr: str) -> str:
+    """``expr`` with Grafana's variables replaced by values PromQL accepts (for checks, not dashboards)."""
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in VARIABLE_VALUES:
+            raise KeyError(f"unknown Grafana variable ${name} in {expr!r}")
+        return VARIABLE_VALUES[name]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+# --- panel helpers ---
+
+def target(expr: str, legend: str = "", *, instant: bool = False, table: bool = False) -> dict[str, Any]:
+    """A Prometheus query; ``refId`` is assigned by the panel."""
+    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend or "__auto",
+            "instant": instant or table, "range": not (instant or table),
+            "format": "table" if table else "time_series", "editorMode": "code"}
+
+
+def _panel(kind: str, title: str, unit: str, targets: Iterable[dict[str, Any]], *, description: str,
+           w: int, h: int, defaults: dict[str, Any], options: dict[str, Any],
+           overrides: Iterable[dict[str, Any]] = (), **extra: Any) -> dict[str, Any]:
+    targets = [{**t, "refId": chr(ord("A") + i)} for i, t in enumerate(targets)]
+    return {"type": kind, "title": title, "description": description, "datasource": DATASOURCE,
+            "gridPos": {"w": w, "h": h}, "targets": targets, "options": options,
+            "fieldConfig": {"defaults": {"unit": unit, **defaults}, "overrides": list(overrides)}, **extra}
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"value": value, "color": color} for value, color in steps]}
+
+
+def timeseries(title: str, unit: str, targets: Iterable[dict[str, Any]], *, description: str = "",
+               w: int = 12, h: int = 8, stack: bool = False, min_: float | None = 0, max_: float | None = None,
+               threshold: float | None = None, overrides: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A time series panel with infermeter's legend, tooltip and line style."""
+    defaults: dict[str, Any] = {
+        "color": {"mode": "palette-classic"},
+        "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 25 if stack else 5, "showPoints": "never",
+                   "spanNulls": False, "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+                   "thresholdsStyle": {"mode": "off" if threshold is None else "dashed"}},
+        "thresholds": _thresholds((None, "green"), *(() if threshold is None else ((threshold, "red"),))),
+    }
+    if min_ is not None:
+        defaults["min"] = min_
+    if max_ is not None:
+        defaults["max"] = max_
+    options = {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                          "calcs": ["mean", "max", "lastNotNull"]},
+               "tooltip": {"mode": "multi", "sort": "desc"}}
+    return _panel("timeseries", title, unit, targets, description=description, w=w, h=h, defaults=defaults,
+                  options=options, overrides=overrides)
+
+
+def stat(title: str, unit: str, targets: Iterable[dict[str, Any]], *, description: str = "", w: int = 4,
+         h: int = 4, decimals: int | None = None, mappings: Iterable[dict[str, Any]] = (),
+         thresholds: Iterable[tuple[float | None, str]] = ((None, "blue"),)) -> dict[str, Any]:
+    """A single-value panel showing the last value of each target."""
+    defaults: dict[str, Any] = {"color": {"mode": "thresholds"}, "mappings": list(mappings),
+                                "thresholds": _thresholds(*thresholds)}
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+               "colorMode": "value", "graphMode": "area", "justifyMode": "auto", "orientation": "auto",
+               "textMode": "auto"}
+    return _panel("stat", title, unit, targets, description=description, w=w, h=h, defaults=defaults,
+                  options=options)
+
+
+def bargauge(title: str, unit: str, targets: Iterable[dict[str, Any]], *, description: str = "", w: int = 12,
+             h: int = 8) -> dict[str, Any]:
+    """Horizontal bars, one per series (for instant totals such as money spent over the range)."""
+    defaults = {"color": {"mode": "palette-classic"}, "min": 0, "thresholds": _thresholds((None, "blue"))}
+    options = {"displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
+               "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    return _panel("bargauge", title, unit, targets, description=description, w=w, h=h, defaults=defaults,
+                  options=options)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the instant query giving its value and the unit it is shown in. A column without a
+    title contributes only its labels (for example ``state`` from ``rightsizing_state == 1``)."""
+
+    title: str
+    unit: str
+    expr: str
+
+
+def table(title: str, key: Iterable[str], columns: Iterable[Column], *, description: str = "", w: int = 24,
+          h: int = 8, unit: str = COUNT, overrides: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One row per ``key`` label set, one column per instant query, merged on the labels."""
+    columns = list(columns)
+    values = {f"Value #{chr(ord('A') + i)}": c for i, c in enumerate(columns)}
+    rename = {value: c.title for value, c in values.items() if c.title}
+    hidden = {value: True for value, c in values.items() if not c.title}
+    order = {name: i for i, name in enumerate([*key, *rename])}
+    organize = {"excludeByName": {"Time": True, "job": True, **hidden}, "indexByName": order,
+                "renameByName": rename}
+    unit_overrides = [override_by_name(c.title, [("unit", c.unit)]) for c in columns if c.title]
+    options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"]}}
+    return _panel("table", title, unit, [target(c.expr, table=True) for c in columns], description=description,
+                  w=w, h=h, defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+                  options=options, overrides=[*unit_overrides, *overrides],
+                  transformations=[{"id": "merge", "options": {}}, {"id": "organize", "options": organize}])
+
+
+def override_by_name(name: str, properties: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    return {"matcher": {"id": "byName", "options": name},
+            "properties": [{"id": key, "value": value} for key, value in properties]}
+
+
+def dashed(pattern: str, color: str | None = None) -> dict[str, Any]:
+    """Series whose name matches ``pattern`` drawn dashed (expectations, limits, targets)."""
+    properties: list[dict[str, Any]] = [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                                        {"id": "custom.fillOpacity", "value": 0},
+                                        {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}}]
+    if color is not None:
+        properties.append({"id": "color", "value": {"mode": "fixed", "fixedColor": color}})
+    return {"matcher": {"id": "byRegexp", "options": pattern}, "properties": properties}
+
+
+EXPECTED_DASHED = dashed(".*expected.*")
+SLO_RED = dashed("SLO.*", "red")
+
+
+# --- layout ---
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+    panels: list[dict[str, Any]] = field(default_factory=list)
+
+
+def row(title: str, *panels: dict[str, Any]) -> Row:
+    return Row(title, list(panels))
+
+
+def layout(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Flatten rows into Grafana's panel list: a row header, then its panels left to right, wrapping at 24
+    columns; every panel gets an ``id`` and a ``gridPos``."""
+    panels: list[dict[str, Any]] = []
+    y = 0
+    for r in rows:
+        panels.append({"type": "row", "title": r.title, "collapsed": False, "panels": [],
+                       "gridPos": {"x": 0, "y": y, "w": GRID_WIDTH, "h": 1}})
+        y += 1
+        x, line_height = 0, 0
+        for p in r.panels:
+            w, h = p["gridPos"]["w"], p["gridPos"]["h"]
+            if x + w > GRID_WIDTH:
+                x, y, line_height = 0, y + line_height, 0
+            panels.append({**p, "gridPos": {"x": x, "y": y, "w": w, "h": h}})
+            x += w
+            line_height = max(line_height, h)
+        y += line_height
+    return [{**p, "id": i} for i, p in enumerate(panels, start=1)]
+
+
+# --- dashboards ---
+
+def query_variable(name: str, label: str, query: str) -> dict[str, Any]:
+    """A multi-value variable from ``label_values``; "All" is ``.*`` so it also matches absent labels."""
+    return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE, "definition": query,
+            "query": {"query": query, "refId": f"{name}-variable"}, "refresh": 2, "sort": 1, "regex": "",
+            "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "options": [], "hide": 0}
+
+
+DATASOURCE_VARIABLE = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+                       "regex": "", "current": {}, "options": [], "hide": 0, "refresh": 1,
+                       "multi": False, "includeAll": False}
+STANDARD_VARIABLES = [
+    DATASOURCE_VARIABLE,
+    query_variable("instance", "Instance", "label_values(infermeter_build_info, instance)"),
+    query_variable("engine", "Engine", 'label_values(infermeter_engine_up{instance=~"$instance"}, engine)'),
+    query_variable("model", "Model",
+                   'label_values(infermeter_engine_up{instance=~"$instance", engine=~"$engine"}, model)'),
+]
+
+
+def dashboard(uid: str, title: str, description: str, rows: Iterable[Row],
+              variables: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {
+        "uid": uid, "title": title, "description": description, "tags": TAGS,
+        "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True, "graphTooltip": 1,
+        "refresh": "30s", "time": {"from": "now-6h", "to": "now"}, "timezone": "", "timepicker": {},
+        "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+        "annotations": {"list": []},
+        "links": [{"type": "dashboards", "title": "infermeter", "tags": TAGS, "asDropdown": True,
+                   "includeVars": True, "keepTime": True, "icon": "external link", "targetBlank": False,
+                   "tooltip": "", "url": ""}],
+        "templating": {"list": [*STANDARD_VARIABLES, *variables]},
+        "panels": layout(rows),
+    }
+
+
+def fleet_cost() -> dict[str, Any]:
+    cost = engine("infermeter_cost_dollars_per_hour")
+    idle = engine("infermeter_idle_cost_dollars_per_hour")
+    savings = engine("infermeter_rightsizing_savings_dollars_per_hour")
+    needed = engine("infermeter_rightsizing_gpus_needed")
+    spent = engine("infermeter_cost_dollars_total")
+    by_engine = "instance, engine, model"
+    per_mtok_total = engine("infermeter_cost_per_million_tokens_dollars", 'token_type="total"')
+    overview = row(
+        "Overview",
+        stat("Spend per hour", USD, [target(f"sum({cost})")], decimals=2,
+             description="What the selected engines' GPUs cost per hour now."),
+        stat("Spent over the range", USD, [target(f"sum(increase({spent}[$__range]))", instant=True)], decimals=2,
+             description="Money spent on the selected engines' GPUs over the dashboard's time range."),
+        stat("Idle spend per hour", USD, [target(f"sum({idle})")], decimals=2,
+             description="The share of the hourly cost spent while the GPUs ran no kernel (a lower bound)."),
+        stat("Over-provisioning waste per hour", USD, [target(f"sum({savings})")], decimals=2,
+             thresholds=((None, "green"), (0.01, "orange")),
+             description="What running the right-sized GPU count would save per hour (engines whose model "
+                         "is known)."),
+        stat("Cost per million tokens", USD, [target(per_million_tokens())],
+             decimals=2, description="Hourly cost over prompt + generated tokens per hour, all selected engines."),
+        stat("GPUs: current and recommended", COUNT,
+             [target(engine_gpus(), "current"), target(f"sum({needed})", "recommended")],
+             description="GPUs the engines use, and the fewest that would serve the observed load within the "
+                         "SLOs (recommended covers only engines whose model is known)."),
+    )
+    spend = row(
+        "Spend by model",
+        timeseries("Spend per hour by model", USD, [target(f"sum by (model) ({cost})", "{{model}}")], stack=True,
+                   description="Sum of infermeter_cost_dollars_per_hour by model, stacked."),
+        bargauge("Spent over the range by model", USD,
+                 [target(f"sum by (model) (increase({spent}[$__range]))", "{{model}}", instant=True)],
+                 description="Increase of infermeter_cost_dollars_total over the dashboard's time range."),
+        timeseries("Idle spend per hour by model", USD, [target(f"sum by (model) ({idle})", "{{model}}")],
+                   stack=True, description="The idle share of the hourly cost (1 - GPU utilisation), by model."),
+        timeseries("Over-provisioning waste per hour by model", USD,
+                   [target(f"sum by (model) ({savings})", "{{model}}")], stack=True,
+                   description="What the right-sized GPU count would save per hour, by model."),
+    )
+    unit_cost = row(
+        "Unit cost by model",
+        timeseries("Cost per million tokens by model", USD,
+                   [target(per_million_tokens("model"), "{{model}}"),
+                    target(achievable_per_million_tokens("model"), "{{model}} achievable (expected)")],
+                   overrides=[EXPECTED_DASHED],
+                   description="Hourly cost over prompt + generated tokens per hour, from sums by model; dashed: "
+                               "the cost at the right-sized GPU count (engines whose model is known)."),
+        timeseries("Cost per request by model", USD, [target(per_request("model"), "{{model}}")],
+                   description="Hourly cost over requests finished per hour, from sums by model."),
+        timeseries("Cost per million tokens by token type", USD,
+                   [target(engine("infermeter_cost_per_million_tokens_dollars", 'token_type=~"prompt|generation"'),
+                           ENGINE_LEGEND + " {{token_type}}")],
+                   description="Each engine's prompt and generation cost per million tokens (the hourly cost "
+                               "split by their share of GPU time)."),
+        timeseries("Cost per request by deployment", USD,
+                   [target(engine("infermeter_cost_per_request_dollars"), ENGINE_LEGEND),
+                    target(f"max({node('infermeter_budget_cost_per_request_dollars')})", "SLO budget")],
+                   overrides=[SLO_RED],
+                   description="Each engine's cost per request, against --budget-cost-per-request-dollars."),
+    )
+    state_colors = {"balanced": "green", "overprovisioned": "orange", "memory_bound": "red", "compute_bound": "red"}
+    rightsizing = row(
+        "Right-sizing",
+        timeseries("GPUs: current and recommended by model", COUNT,
+                   [target(engine_gpus("model"), "{{model}} current"),
+                    target(f"sum by (model) ({needed})", "{{model}} recommended (expected)")],
+                   overrides=[EXPECTED_DASHED],
+                   description="GPUs the engines use against the fewest that serve the observed load within the "
+                               "SLO targets, by the roofline."),
+        timeseries("Over-provisioning waste per hour by deployment", USD,
+                   [target(savings, ENGINE_LEGEND)],
+                   description="max(GPUs - GPUs needed, 0) x price per GPU-hour, per engine."),
+        table("Deployments", ["instance", "engine", "model", "state"], [
+            Column("", NONE, f"max by ({by_engine}, state) ({engine('infermeter_rightsizing_state')} == 1)"),
+            Column("GPUs", COUNT, engine_gpus(by_engine)),
+            Column("GPUs needed", COUNT, f"max by ({by_engine}) ({needed})"),
+            Column("$/hour", USD, f"sum by ({by_engine}) ({cost})"),
+            Column("savings $/hour", USD, f"sum by ({by_engine}) ({savings})"),
+            Column("$/Mtok", USD, f"max by ({by_engine}) ({per_mtok_total})"),
+            Column("achievable $/Mtok", USD,
+                   f"max by ({by_engine}) ({engine('infermeter_achievable_cost_per_million_tokens_dollars')})"),
+            Column("$/request", USD, f"max by ({by_engine}) ({engine('infermeter_cost_per_request_dollars')})"),
+        ], h=10, overrides=[override_by_name("state", [
+            ("custom.cellOptions", {"type": "color-text"}),
+            ("mappings", [{"type": "value", "options": {
+                s: {"color": c, "index": i} for i, (s, c) in enumerate(state_colors.items())}}]),
+        ])], description="Right-sizing state per engine (docs/analytic-model.md, section 5), its GPUs and its "
+                         "cost, one row per engine."),
+    )
+    return dashboard("infermeter-fleet-cost", "infermeter / Fleet cost and right-sizing",
+                     "What the GPUs serving LLMs cost, per model and per request or token, and what right-sizing "
+                     "would save.", [overview, spend, unit_cost, rightsizing])
+
+
+def latency_panel(title: str, summary: str, expected: str | None = None, slo: str | None = None,
+                  description: str = "") -> dict[str, Any]:
+    """p50/p95/p99 of an infermeter summary, with the roofline expectation and the SLO when there are."""
+    targets = [target(engine(summary, f'quantile="{q}"'), f"{ENGINE_LEGEND} p{p}")
+               for q, p in (("0.5", 50), ("0.95", 95), ("0.99", 99))]
+    if expected is not None:
+        targets.append(target(engine(expected), ENGINE_LEGEND + " expected"))
+    if slo is not None:
+        targets.append(target(f"max({node(slo)})", "SLO"))
+    return timeseries(title, SECONDS, targets, overrides=[EXPECTED_DASHED, SLO_RED], description=description)
+
+
+def deployment() -> dict[str, Any]:
+    up = engine("infermeter_engine_up")
+    overview = row(
+        "Overview",
+        stat("Engines up", NONE, [target(up, "{{engine}} ({{instance}})")],
+             mappings=[{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
+                                                     "1": {"text": "UP", "color": "green", "index": 1}}}],
+             thresholds=((None, "red"), (1, "green")),
+             description="1 if the exporter read and parsed the engine's /metrics in its last collection."),
+        stat("Requests per second", REQUESTS_PER_SECOND, [target(f"sum({engine('infermeter_requests_per_second')})")],
+             description="Requests finished per second, all selected engines."),
+        stat("Generated tokens per second", TOKENS_PER_SECOND,
+             [target(f"sum({engine('infermeter_generation_tokens_per_second')})")],
+             description="Decode tokens per second, all selected engines."),
+        stat("Prompt tokens per second", TOKENS_PER_SECOND,
+             [target(f"sum({engine('infermeter_prompt_tokens_per_second')})")],
+             description="Prefill tokens per second, all selected engines."),
+        stat("Running and waiting", COUNT, [target(f"sum({engine('infermeter_requests_running')})", "running"),
+                                            target(f"sum({engine('infermeter_requests_waiting')})", "waiting")],
+             description="Requests in the running batch and in the engines' queues."),
+        stat("Lowest TPOT efficiency", RATIO, [target(f"min({engine('infermeter_tpot_efficiency_ratio')})")],
+             thresholds=((None, "red"), (0.5, "orange"), (0.7, "green")),
+             description="The least efficient engine's expected TPOT / observed TPOT p50 (1 = at the roofline)."),
+    )
+    latency = row(
+        "Latency",
+        latency_panel("Time to first token", "infermeter_time_to_first_token_seconds",
+                      "infermeter_expected_time_to_first_token_seconds", "infermeter_slo_time_to_first_token_seconds",
+                      "Quantiles over the exporter's window; dashed: the roofline prefill of the mean prompt "
+                      "(no queueing) and the --slo-ttft-seconds target. Absent for TGI."),
+        latency_panel("Time per output token", "infermeter_time_per_output_token_seconds",
+                      "infermeter_expected_time_per_output_token_seconds",
+                      "infermeter_slo_time_per_output_token_seconds",
+                      "Quantiles over the exporter's window; dashed: the roofline decode step at the observed "
+                      "batch and context, and the --slo-tpot-seconds target."),
+        latency_panel("End-to-end request latency", "infermeter_e2e_request_latency_seconds",
+                      description="Quantiles of the engine's request latency over the exporter's window."),
+        latency_panel("Queue time", "infermeter_queue_time_seconds",
+                      description="Quantiles of the time requests waited in the engine's queue."),
+    )
+    throughput = row(
+        "Throughput",
+        timeseries("Tokens per second", TOKENS_PER_SECOND,
+                   [target(engine("infermeter_prompt_tokens_per_second"), ENGINE_LEGEND + " prompt"),
+                    target(engine("infermeter_generation_tokens_per_second"), ENGINE_LEGEND + " generation")],
+                   w=8, description="Prompt (prefill) and generated (decode) tokens per second over the window."),
+        timeseries("Requests per second", REQUESTS_PER_SECOND,
+                   [target(engine("infermeter_requests_per_second"), ENGINE_LEGEND)], w=8,
+                   description="Requests finished per second over the window."),
+        timeseries("Running and waiting requests", COUNT,
+                   [target(engine("infermeter_requests_running"), ENGINE_LEGEND + " running"),
+                    target(engine("infermeter_requests_waiting"), ENGINE_LEGEND + " waiting")], w=8,
+                   description="Requests in the running batch, and waiting in the engine's queue."),
+    )
+    kv_cache = row(
+        "KV cache",
+        timeseries("KV cache usage", RATIO, [target(engine("infermeter_kv_cache_usage_ratio"), ENGINE_LEGEND)],
+                   w=6, max_=1, threshold=0.9,
+                   description="Fraction of the KV cache in use; at 0.9 with preemptions or waiting requests the "
+                               "state is memory_bound."),
+        timeseries("KV cache capacity", TOKENS,
+                   [target(engine("infermeter_kv_cache_capacity_tokens"), ENGINE_LEGEND),
+                    target(engine("infermeter_expected_kv_cache_capacity_tokens"), ENGINE_LEGEND + " expected")],
+                   w=6, overrides=[EXPECTED_DASHED],
+                   description="Tokens the engine reports its KV cache holds; dashed: what should fit by the "
+                               "memory model."),
+        timeseries("Preemptions per second", PER_SECOND,
+                   [target(engine("infermeter_preemptions_per_second"), ENGINE_LEGEND)], w=6,
+                   description="Requests preempted per second (KV cache pressure). Absent for TGI."),
+        timeseries("Prefix cache hit ratio", RATIO,
+                   [target(engine("infermeter_prefix_cache_hit_ratio"), ENGINE_LEGEND)], w=6, max_=1,
+                   description="Prefix cache hits per query token over the window. Absent for TGI."),
+    )
+    efficiency = row(
+        "Efficiency against the roofline",
+        timeseries("Memory bandwidth utilisation (MBU)", RATIO,
+                   [target(engine("infermeter_memory_bandwidth_utilization_ratio"), ENGINE_LEGEND + " {{source}}")],
+                   w=8, description="Bytes moved per second over the GPUs' peak bandwidth; source=analytic from "
+                                    "the model, source=engine from vLLM's own estimate."),
+        timeseries("Model FLOPs utilisation (MFU)", RATIO,
+                   [target(engine("infermeter_model_flops_utilization_ratio"), ENGINE_LEGEND + " {{source}}")],
+                   w=8, description="FLOPs per second over the GPUs' dense peak, by source."),
+        timeseries("TPOT efficiency", RATIO,
+                   [target(engine("infermeter_tpot_efficiency_ratio"), ENGINE_LEGEND)], w=8,
+                   description="Expected TPOT over observed TPOT p50 (1 = at the roofline; 0.5-0.8 is typical)."),
+    )
+    health = row(
+        "Engine health",
+        timeseries("Engine up", NONE, [target(up, ENGINE_LEGEND)], max_=1,
+                   description="1 while the exporter reads the engine, 0 while it is down, slow or unparseable."),
+        timeseries("Collector errors per second", PER_SECOND,
+                   [target(f"rate({node('infermeter_collector_errors_total')}[$__rate_interval])",
+                           "{{collector}} ({{instance}})")],
+                   description="Failed collector runs (nvml, engine/NAME) per second."),
+    )
+    return dashboard("infermeter-deployment", "infermeter / Deployment performance",
+                     "Latency against the roofline and the SLO, throughput, KV cache and efficiency per engine.",
+                     [overview, latency, throughput, kv_cache, efficiency, health])
+
+
+def gpu_node() -> dict[str, Any]:
+    gpu_variable = query_variable("gpu", "GPU", 'label_values(infermeter_gpu_info{instance=~"$instance"}, gpu)')
+    overview = row(
+        "Overview",
+        stat("GPUs", COUNT, [target(f"count({gpu('infermeter_gpu_info')})")], description="GPUs NVML lists."),
+        stat("Mean GPU utilisation", RATIO, [target(f"avg({gpu('infermeter_gpu_utilization_ratio')})")],
+             description="Mean over the selected GPUs of the time a kernel ran."),
+        stat("Memory used", RATIO, [target(f"sum({gpu('infermeter_gpu_memory_used_bytes')})"
+                                           f" / sum({gpu('infermeter_gpu_memory_total_bytes')})")],
+             thresholds=((None, "green"), (0.95, "orange")), description="Device memory in use over installed."),
+        stat("Power draw", WATTS, [target(f"sum({gpu('infermeter_gpu_power_watts')})")],
+             description="Sum of the selected GPUs' power draw."),
+        stat("Hottest GPU", CELSIUS, [target(f"max({gpu('infermeter_gpu_temperature_celsius')})")],
+             thresholds=((None, "green"), (80, "orange"), (90, "red")), description="Highest core temperature."),
+        stat("GPU cost per hour", USD, [target(f"sum({gpu('infermeter_gpu_cost_dollars_per_hour')})")], decimals=2,
+             description="Sum of the selected GPUs' price per hour."),
+    )
+    utilisation = row(
+        "Utilisation",
+        timeseries("GPU utilisation", RATIO, [target(gpu("infermeter_gpu_utilization_ratio"), GPU_LEGEND)], max_=1,
+                   description="Fraction of the sample period in which a kernel ran (NVML utilization.gpu)."),
+        timeseries("Memory bandwidth utilisation", RATIO,
+                   [target(gpu("infermeter_gpu_memory_bandwidth_utilization_ratio"), GPU_LEGEND)], max_=1,
+                   description="Fraction of the sample period in which device memory was read or written "
+                               "(NVML utilization.memory; a time share, not MBU)."),
+    )
+    memory = row(
+        "Memory",
+        timeseries("Memory used and total", BYTES,
+                   [target(gpu("infermeter_gpu_memory_used_bytes"), GPU_LEGEND + " used"),
+                    target(gpu("infermeter_gpu_memory_total_bytes"), GPU_LEGEND + " total")],
+                   overrides=[dashed(".* total")], description="Device memory in use; dashed: installed."),
+        timeseries("Memory breakdown per engine", BYTES,
+                   [target(engine("infermeter_gpu_memory_breakdown_bytes"), ENGINE_LEGEND + " {{component}}"),
+                    target(engine("infermeter_engine_gpu_memory_used_bytes"), ENGINE_LEGEND + " used (NVML)")],
+                   stack=True, overrides=[dashed(r".*used \(NVML\)")],
+                   description="Weights and KV cache (analytic sizes) and the rest NVML reports, stacked; dashed: "
+                               "memory of the processes NVML lists on the engine's GPUs."),
+    )
+    power = row(
+        "Power, temperature and clocks",
+        timeseries("Power draw and limit", WATTS,
+                   [target(gpu("infermeter_gpu_power_watts"), GPU_LEGEND),
+                    target(gpu("infermeter_gpu_power_limit_watts"), GPU_LEGEND + " limit")],
+                   w=8, overrides=[dashed(".* limit")], description="Power draw; dashed: the enforced limit."),
+        timeseries("Energy (average power)", WATTS,
+                   [target(f"rate({gpu('infermeter_gpu_energy_joules_total')}[$__rate_interval])", GPU_LEGEND)],
+                   w=8, description="Rate of NVML's energy counter: joules per second, i.e. mean watts."),
+        stat("Energy over the range", JOULES,
+             [target(f"sum(increase({gpu('infermeter_gpu_energy_joules_total')}[$__range]))", instant=True)],
+             w=8, h=8, description="Energy the selected GPUs used over the dashboard's time range."),
+        timeseries("Temperature", CELSIUS, [target(gpu("infermeter_gpu_temperature_celsius"), GPU_LEGEND)],
+                   min_=None, description="GPU core temperature."),
+        timeseries("SM clock", HERTZ, [target(gpu("infermeter_gpu_sm_clock_hertz"), GPU_LEGEND)],
+                   description="Streaming multiprocessor clock."),
+    )
+    cost = row(
+        "Cost",
+        timeseries("GPU cost per hour", USD, [target(gpu("infermeter_gpu_cost_dollars_per_hour"), GPU_LEGEND)],
+                   stack=True, description="The price used for each GPU (--gpu-hourly-cost, config or catalogue)."),
+        timeseries("Engine cost and idle cost per hour", USD,
+                   [target(engine("infermeter_cost_dollars_per_hour"), ENGINE_LEGEND),
+                    target(engine("infermeter_idle_cost_dollars_per_hour"), ENGINE_LEGEND + " idle")],
+                   overrides=[dashed(".* idle")],
+                   description="What each engine's GPUs cost per hour; dashed: the share spent idle."),
+    )
+    return dashboard("infermeter-gpu-node", "infermeter / GPU node",
+                     "What the GPUs are doing (NVML): utilisation, memory, power, temperature, clocks, energy and "
+                     "price. The engine and model variables filter the per-engine panels.",
+                     [overview, utilisation, memory, power, cost], variables=[gpu_variable])
+
+
+DASHBOARDS = {"fleet-cost.json": fleet_cost, "deployment.json": deployment, "gpu-node.json": gpu_node}
+
+
+def render(board: dict[str, Any]) -> str:
+    """Deterministic JSON: sorted keys, 2-space indent, trailing newline."""
+    return json.dumps(board, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def generated() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {name: render(build()) for name, build in DASHBOARDS.items()}
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel that is not a row, including those inside collapsed rows."""
+    for p in board["panels"]:
+        if p["type"] == "row":
+            yield from p.get("panels", [])
+        else:
+            yield p
+
+
+def all_queries() -> list[tuple[str, str, str]]:
+    """(dashboard title, panel title, PromQL with Grafana variables substituted) for every panel target."""
+    return [(board["title"], p["title"], substitute(t["expr"]))
+            for board in (build() for build in DASHBOARDS.values())
+            for p in panels(board) for t in p["targets"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs; write nothing")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in generated().items():
+        path = HERE / name
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(name)
+        if not args.check:
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)} (run python3 dashboards/generate.py)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
