@@ -46,7 +46,9 @@ def _nvml_source(config: Config) -> tuple[NvmlReader | None, bool]:
 def run(config: Config, stop: threading.Event) -> int:
     """Run until ``stop`` is set."""
     nvml, nvml_ok = _nvml_source(config)
-    engines = [EngineSource(t, config.timeout, config.max_body_bytes) for t in config.engines]
+    tokens = config.engine_tokens or {}
+    engines = [EngineSource(t, config.timeout, config.max_body_bytes, token=tokens.get(t.name) or tokens.get(""))
+               for t in config.engines]
     if not engines:
         log.warning("no engine configured (--engine URL): only GPU and infermeter's own metrics are served")
     collection = Collection(config, nvml, engines)

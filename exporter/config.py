@@ -15,7 +15,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +61,8 @@ class Config:
     budget_cost_per_request_dollars: float | None = None
     # NVML product name -> spec or price fields (the config file's `gpus` table), validated at start
     gpu_specs: Mapping[str, Mapping[str, Any]] | None = None
+    # engine name ("" = every engine) -> bearer token; never logged or shown
+    engine_tokens: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 # --- value parsers: each takes the raw value and returns it typed, or raises ValueError(what's wrong) ---
@@ -197,6 +199,20 @@ def _model_config(raw: object) -> tuple[str, str]:
     return engine.strip(), path
 
 
+def _token_file(raw: object) -> tuple[str, str]:
+    text = str(raw).strip()
+    engine, sep, path = text.partition("=")
+    if not sep:
+        engine, path = "", text
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    if not token or "\n" in token:
+        raise ValueError(f"{path} must hold one bearer token on one line")
+    return engine.strip(), token
+
+
 def _gpu_specs(raw: object) -> dict[str, Mapping[str, Any]]:
     if not isinstance(raw, Mapping):
         raise ValueError("expected a table of NVML GPU names, each with spec or price fields")
@@ -264,6 +280,9 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_seconds, None, "SECONDS"),
     Setting("slo-tpot-seconds", "Time-per-output-token target for right-sizing (and exported for alerts).",
             _positive_seconds, None, "SECONDS"),
+    Setting("engine-token-file", "File holding a bearer token sent to an engine (Authorization: Bearer); "
+            "repeatable; without ENGINE= for every engine. INFERMETER_ENGINE_TOKEN holds one directly. Tokens "
+            "never appear in logs, labels or pages.", _token_file, (), "[ENGINE=]PATH", repeatable=True),
     Setting("budget-cost-per-request-dollars", "What a request may cost; exported for the "
             "InfermeterCostPerRequestHigh alert.", _dollars, None, "DOLLARS"),
     Setting("gpus", "Specs or prices for GPUs by NVML name, e.g. a GPU the catalogue lacks, or your negotiated "
@@ -415,6 +434,13 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         raise ConfigError(f"--timeout ({raw['timeout'][1]}): {timeout:g}s must be shorter than --interval "
                           f"({interval:g}s)")
     host, port = values["listen"]
+    tokens = dict(values["engine-token-file"])
+    if env.get("INFERMETER_ENGINE_TOKEN", "").strip() and "" not in tokens:
+        tokens[""] = env["INFERMETER_ENGINE_TOKEN"].strip()
+    unknown_token_engines = sorted(set(tokens) - set(names) - {""})
+    if unknown_token_engines:
+        raise ConfigError(f"--engine-token-file ({raw['engine-token-file'][1]}): no engine named "
+                          f"{unknown_token_engines[0]!r}; engines are: {', '.join(names) or 'none'}")
     model_configs = dict(values["model-config"])
     unknown_engines = sorted(set(model_configs) - set(names) - {""})
     if unknown_engines:
@@ -438,6 +464,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         slo_tpot_seconds=values["slo-tpot-seconds"],
         budget_cost_per_request_dollars=values["budget-cost-per-request-dollars"],
         gpu_specs=values["gpus"],
+        engine_tokens=tokens or None,
     )
 
 

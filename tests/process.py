@@ -88,7 +88,8 @@ class ExporterProcess:
                 for family in text_string_to_metric_families(self.metrics_text()) for s in family.samples]
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def stop(self) -> int:

@@ -35,7 +35,8 @@ class EngineSource:
     """Reads one engine; keeps its identity and refreshes it after a restart, a kind change or 60 s."""
 
     def __init__(self, target: EngineTarget, timeout: float, max_body_bytes: int,
-                 session: requests.Session | None = None, clock: Callable[[], float] = time.time) -> None:
+                 session: requests.Session | None = None, clock: Callable[[], float] = time.time,
+                 token: str | None = None) -> None:
         self.target = target
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
@@ -43,6 +44,8 @@ class EngineSource:
         # Like Prometheus, ignore HTTP(S)_PROXY and .netrc: the engine is local, and a proxy variable
         # meant for downloads must not reroute (or authenticate) scrapes.
         self._session.trust_env = False
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
         self._session.headers["User-Agent"] = "infermeter"
         self._clock = clock
         self._identity = EngineIdentity()
@@ -54,6 +57,9 @@ class EngineSource:
         deadline = time.monotonic() + self.timeout
         response = http.get(self._session, self.target.url + "/metrics", deadline, self.max_body_bytes,
                             ACCEPT_TEXT)
+        if response.status in (401, 403):
+            raise SourceError(f"HTTP {response.status} from {self.target.url}/metrics: the engine wants a bearer "
+                              "token (--engine-token-file, INFERMETER_ENGINE_TOKEN)")
         if response.status != 200:
             raise SourceError(f"HTTP {response.status} from {self.target.url}/metrics")
         text = response.body.decode("utf-8", errors="replace")
