@@ -177,6 +177,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _self("budget_cost_per_request_dollars", "gauge", "dollars",
           "What a request may cost (--budget-cost-per-request-dollars)."),
     _self("build_info", "info", "", "infermeter build; value 1.", ("version",)),
+    _self("demo_info", "info", "", "Present only with --demo: this engine and its GPUs are simulated; value 1.",
+          ("engine", "scenario")),
 )
 
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}

@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -45,7 +46,15 @@ def _nvml_source(config: Config) -> tuple[NvmlReader | None, bool]:
 
 def run(config: Config, stop: threading.Event) -> int:
     """Run until ``stop`` is set."""
-    nvml, nvml_ok = _nvml_source(config)
+    stop_demo: Callable[[], None] | None = None
+    nvml: NvmlReader | None
+    if config.demo:
+        from exporter import demo
+
+        config, nvml, stop_demo = demo.start(config, time.time)
+        nvml_ok = True
+    else:
+        nvml, nvml_ok = _nvml_source(config)
     tokens = config.engine_tokens or {}
     engines = [EngineSource(t, config.timeout, config.max_body_bytes, token=tokens.get(t.name) or tokens.get(""))
                for t in config.engines]
@@ -56,9 +65,15 @@ def run(config: Config, stop: threading.Event) -> int:
         collection.known_failing(NVML)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SnapshotCollector(lambda: collection.snapshot))
+    app, ssl_context = make_app(registry, lambda: collection.snapshot, config.interval), None
+    if config.web_config_file is not None:
+        from exporter.webconfig import load_web_config
+
+        web = load_web_config(config.web_config_file)  # checked at start by load_config
+        app, ssl_context = web.protect(app), web.ssl_context()
+        log.info("web config %s: %s", config.web_config_file, web.describe())
     try:
-        server = Server(config.listen_host, config.listen_port,
-                        make_app(registry, lambda: collection.snapshot, config.interval))
+        server = Server(config.listen_host, config.listen_port, app, ssl_context)
     except OSError as err:
         log.error("cannot listen on %s:%d: %s (--listen)", config.listen_host, config.listen_port,
                   err.strerror or err)
@@ -73,6 +88,8 @@ def run(config: Config, stop: threading.Event) -> int:
     scheduler.shutdown(wait=False)
     server.stop()
     collection.close()
+    if stop_demo is not None:
+        stop_demo()
     close_nvml = getattr(nvml, "close", None)
     if close_nvml is not None:
         close_nvml()

@@ -82,6 +82,8 @@ class Snapshot:
     slo_ttft_seconds: float | None = None
     slo_tpot_seconds: float | None = None
     budget_cost_per_request_dollars: float | None = None
+    # --demo: engine name -> simulated scenario
+    demo_engines: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,7 +218,8 @@ class Collection:
         return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
                         slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds,
-                        budget_cost_per_request_dollars=self.config.budget_cost_per_request_dollars)
+                        budget_cost_per_request_dollars=self.config.budget_cost_per_request_dollars,
+                        demo_engines=self.config.demo_engines or {})
 
     def _analyse(self, name: str, reading: EngineReading, stats: EngineStats, gpus: Sequence[GpuSample],
                  specs: Mapping[int, GpuSpec], prices: Mapping[int, float], memory: float | None) -> Analysis | None:

@@ -195,6 +195,8 @@ def self_points(snapshot: Snapshot) -> Iterator[Point]:
     if snapshot.budget_cost_per_request_dollars is not None:
         yield Point("infermeter_budget_cost_per_request_dollars", {}, snapshot.budget_cost_per_request_dollars)
     yield Point("infermeter_build_info", {"version": __version__}, 1)
+    for engine, scenario in sorted(snapshot.demo_engines.items()):
+        yield Point("infermeter_demo_info", {"engine": engine, "scenario": scenario}, 1)
 
 
 POINTS: tuple[Callable[[Snapshot], Iterator[Point]], ...] = (gpu_points, gpu_fact_points, engine_points,

@@ -61,6 +61,11 @@ class Config:
     budget_cost_per_request_dollars: float | None = None
     # NVML product name -> spec or price fields (the config file's `gpus` table), validated at start
     gpu_specs: Mapping[str, Mapping[str, Any]] | None = None
+    # exporter-toolkit style web config (TLS, basic auth), validated at start
+    web_config_file: str | None = None
+    demo: bool = False
+    # --demo: engine name -> simulated scenario (set by exporter.demo)
+    demo_engines: Mapping[str, str] | None = None
     # engine name ("" = every engine) -> bearer token; never logged or shown
     engine_tokens: Mapping[str, str] | None = field(default=None, repr=False)
 
@@ -199,6 +204,13 @@ def _model_config(raw: object) -> tuple[str, str]:
     return engine.strip(), path
 
 
+def _web_config(raw: object) -> str:
+    from exporter.webconfig import load_web_config
+
+    load_web_config(str(raw))  # raises ValueError naming the key
+    return str(raw)
+
+
 def _token_file(raw: object) -> tuple[str, str]:
     text = str(raw).strip()
     engine, sep, path = text.partition("=")
@@ -287,6 +299,11 @@ SETTINGS: tuple[Setting, ...] = (
             "InfermeterCostPerRequestHigh alert.", _dollars, None, "DOLLARS"),
     Setting("gpus", "Specs or prices for GPUs by NVML name, e.g. a GPU the catalogue lacks, or your negotiated "
             "price (see docs/analytic-model.md).", _gpu_specs, None, file_only=True),
+    Setting("web.config.file", "TLS and basic-auth settings for /metrics, in the format of Prometheus' "
+            "exporter-toolkit (tls_server_config, basic_auth_users with bcrypt hashes).", _web_config, None,
+            "FILE"),
+    Setting("demo", "Run against a built-in simulated vLLM engine on simulated GPUs (clearly marked as such), "
+            "to see every metric move without a GPU.", _boolean, False, boolean=True),
     Setting("config", "YAML or TOML file with any of these settings as keys.", _path, None, "FILE"),
 )
 
@@ -465,6 +482,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         budget_cost_per_request_dollars=values["budget-cost-per-request-dollars"],
         gpu_specs=values["gpus"],
         engine_tokens=tokens or None,
+        web_config_file=values["web.config.file"],
+        demo=values["demo"],
     )
 
 

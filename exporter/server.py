@@ -1,10 +1,17 @@
-"""HTTP: ``/metrics`` (from the last snapshot, never doing I/O), ``/`` (landing page), ``/healthz``."""
+"""HTTP: ``/metrics`` (from the last snapshot, never doing I/O), ``/`` (landing page), ``/healthz``.
+
+With TLS (``--web.config.file``) the listening socket stays plain: each connection's handshake runs on its
+own handler thread with a timeout, so a client that connects and sends nothing, or speaks plain HTTP to the
+TLS port, costs one thread for a while and never blocks the accept loop or other scrapers.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,12 +41,39 @@ LANDING_PAGE = f"""<!DOCTYPE html>
 """.encode()
 
 
+# a client has this long to complete the TLS handshake
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
     allow_reuse_address = True
     # socketserver's default backlog of 5 dropped connections under 8 concurrent scrapers (each retried
     # after 1 s; seen in benchmarks/bench_collect.py)
     request_queue_size = 128
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """On the connection's own thread: the TLS handshake (when on), then the request."""
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+        try:
+            connection = self.ssl_context.wrap_socket(request, server_side=True)
+        except OSError as err:  # ssl.SSLError, a timeout, a reset: this client only
+            log.debug("http: TLS handshake with %s failed: %s", client_address[0], err)
+            return
+        try:
+            connection.settimeout(None)
+            super().finish_request(connection, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_WR)
+            connection.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http: error serving %s", client_address[0] if client_address else "?", exc_info=True)
 
 
 class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
@@ -85,13 +119,17 @@ def make_app(registry: CollectorRegistry, current: Callable[[], Snapshot], inter
 
 
 class Server:
-    """The HTTP server on its own thread."""
+    """The HTTP server on its own thread; HTTPS when given ``ssl_context``."""
 
     def __init__(self, host: str, port: int,
-                 app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+                 app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
         self._httpd = make_server(host, port, app, server_class=server_class,
                                   handler_class=_QuietHandler)
+        if ssl_context is not None:
+            self._httpd.ssl_context = ssl_context
+            self._httpd.base_environ["HTTPS"] = "on"  # wsgi.url_scheme https
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="infermeter-http", daemon=True)
 
