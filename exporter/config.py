@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from exporter import __version__
 
 DEFAULT_PORT = 9416
+# The window holds one sample per engine per interval; every cycle derives over all of them.
+MAX_WINDOW_SAMPLES = 1000
 
 
 class ConfigError(Exception):
@@ -444,6 +446,10 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     if window < 2 * interval:
         raise ConfigError(f"--window ({raw['window'][1]}): {window:g}s is too short; it must be at least twice "
                           f"--interval ({interval:g}s) so that a rate has two samples")
+    if window / interval > MAX_WINDOW_SAMPLES:
+        raise ConfigError(f"--window ({raw['window'][1]}): {window:g}s at --interval {interval:g}s keeps "
+                          f"{window / interval:.0f} samples per engine (at most {MAX_WINDOW_SAMPLES}); shorten the "
+                          "window or lengthen the interval")
     timeout: float | None = values["timeout"]
     if timeout is None:
         timeout = min(0.8 * interval, 10.0)

@@ -72,6 +72,7 @@ def test_no_collector_flag_beats_env() -> None:
     (["--engine", "a=http://h:1", "--engine-gpus", "b=0"], {}, "--engine-gpus (--engine-gpus): no engine named 'b'"),
     (["--engine-gpus", "a=x"], {}, "GPU indices must be whole numbers"),
     (["--interval", "5", "--window", "6"], {}, "--window (--window): 6s is too short"),
+    (["--interval", "0.1", "--window", "3600"], {}, "keeps 36000 samples per engine (at most 1000)"),
     (["--interval", "5", "--timeout", "5"], {}, "--timeout (--timeout): 5s must be shorter than --interval"),
     ([], {"INFERMETER_COLLECTOR_NVML": "maybe"},
      "--collector.nvml (INFERMETER_COLLECTOR_NVML): expected true or false"),
