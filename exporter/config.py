@@ -77,8 +77,8 @@ class Config:
 def _positive_seconds(raw: object) -> float:
     try:
         value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected a number of seconds, got {str(raw)[:40]!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"expected a positive number of seconds, got {raw!r}")
     return value
@@ -173,8 +173,8 @@ def _path(raw: object) -> str:
 def _dollars(raw: object) -> float:
     try:
         value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"expected dollars per GPU-hour such as 2.49, got {raw!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected dollars per GPU-hour such as 2.49, got {str(raw)[:40]!r}") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"expected a non-negative number of dollars per GPU-hour, got {raw!r}")
     return value
@@ -202,14 +202,18 @@ def _model_config(raw: object) -> tuple[str, str]:
     try:
         load(path)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path!r}: {detail}") from None
     return engine.strip(), path
 
 
 def _web_config(raw: object) -> str:
     from exporter.webconfig import load_web_config
 
-    load_web_config(str(raw))  # raises ValueError naming the key
+    try:
+        load_web_config(str(raw))  # raises ValueError naming the key
+    except ValueError as err:  # keep it one line whatever the path holds
+        raise ValueError(" ".join(str(err).split())) from None
     return str(raw)
 
 
@@ -220,10 +224,10 @@ def _token_file(raw: object) -> tuple[str, str]:
         engine, path = "", text
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path!r}: {getattr(err, 'strerror', None) or err}") from None
     if not token or "\n" in token:
-        raise ValueError(f"{path} must hold one bearer token on one line")
+        raise ValueError(f"{path!r} must hold one bearer token on one line")
     return engine.strip(), token
 
 
@@ -351,8 +355,8 @@ def load_file(path: str) -> dict[str, Any]:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"--config: cannot read {path}: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"--config: cannot read {path!r}: {getattr(err, 'strerror', None) or err}") from None
     try:
         if file.suffix.lower() == ".toml":
             if sys.version_info >= (3, 11):
@@ -366,14 +370,14 @@ def load_file(path: str) -> dict[str, Any]:
             data = yaml.safe_load(text) or {}
     except Exception as err:  # both parsers raise their own error types
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"--config: {path} is not valid {file.suffix.lstrip('.').upper() or 'YAML'}: "
+        raise ConfigError(f"--config: {path!r} is not valid {file.suffix.lstrip('.').upper() or 'YAML'}: "
                           f"{first_line}") from None
     if not isinstance(data, Mapping):
-        raise ConfigError(f"--config: {path} must hold a mapping of setting names to values")
+        raise ConfigError(f"--config: {path!r} must hold a mapping of setting names to values")
     flat = _flatten(data)
     unknown = sorted(set(flat) - set(BY_NAME) - {"config"})
     if unknown:
-        raise ConfigError(f"--config: {path}: unknown setting {unknown[0]!r}; known: {', '.join(BY_NAME)}")
+        raise ConfigError(f"--config: {path!r}: unknown setting {unknown[0]!r}; known: {', '.join(BY_NAME)}")
     return flat
 
 

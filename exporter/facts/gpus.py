@@ -129,10 +129,13 @@ def _positive(name: str, key: str, value: Any) -> float:
         try:
             value = float(value.strip())
         except ValueError:
-            raise _fail(name, key, f"must be a number, got {value!r}") from None
+            raise _fail(name, key, f"must be a number, got {value[:40]!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(name, key, f"must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
+        raise _fail(name, key, f"must be a number, got {type(value).__name__} {str(value)[:40]!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _fail(name, key, f"must be a finite number > 0, got {str(value)[:40]!r}...") from None
     if not math.isfinite(number) or number <= 0:
         raise _fail(name, key, f"must be a finite number > 0, got {value!r}")
     return number

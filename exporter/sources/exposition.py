@@ -7,6 +7,7 @@ depend on how a client library version names the family.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -36,9 +37,10 @@ class Exposition:
         return name in self.samples
 
     def total(self, name: str) -> float | None:
-        """Sum of every series of ``name`` (data-parallel engines, finish reasons); None if absent."""
+        """Sum of every series of ``name`` (data-parallel engines, finish reasons); None if absent or
+        not finite (huge values can overflow the sum)."""
         values = [v for _, v in self.series(name) if math.isfinite(v)]
-        return math.fsum(values) if values else None
+        return finite_sum(values) if values else None
 
     def histogram(self, name: str) -> Histogram | None:
         """The histogram ``name`` summed over its series (same bucket layout); None if absent or broken.
@@ -50,6 +52,8 @@ class Exposition:
             try:
                 bound = float(labels["le"])
             except (KeyError, ValueError):
+                continue
+            if math.isnan(bound):
                 continue
             key = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
             by_series[key][bound] = value
@@ -79,7 +83,16 @@ class Exposition:
             total_count += count if math.isfinite(count) else values[-1]
         if layout is None or total is None:
             return None
-        return Histogram(bounds=layout, cumulative_counts=tuple(total), sum=total_sum, count=total_count)
+        cumulative = list(itertools.accumulate(total, max))  # as histogram_quantile's monotonicity fix
+        if not all(math.isfinite(v) for v in (*cumulative, total_sum, total_count)):
+            return None  # overflowed: nothing sound to report
+        return Histogram(bounds=layout, cumulative_counts=tuple(cumulative), sum=total_sum, count=total_count)
+
+
+def finite_sum(values: list[float]) -> float | None:
+    """The sum of finite values, or None when it overflows."""
+    total = sum(values)
+    return total if math.isfinite(total) else None
 
 
 def _key(labels: Labels) -> tuple[tuple[str, str], ...]:

@@ -126,6 +126,7 @@ class FakeEngine:
         self._lock = threading.RLock()
         self._response: tuple[int, bytes, str] | None = None
         self._delay = 0.0
+        self._endless: tuple[bytes, float] | None = None
         self.load(fixture, identity)
 
     # ------------------------------------------------------------------ loading / parsing
@@ -456,6 +457,13 @@ class FakeEngine:
     def clear_response(self) -> None:
         with self._lock:
             self._response = None
+            self._endless = None
+
+    def set_endless(self, chunk: bytes = b"# more\n", pause: float = 0.01) -> None:
+        """A /metrics body that never ends: the exposition, then ``chunk`` every ``pause`` seconds, with
+        no Content-Length, until the client goes away or clear_response() is called."""
+        with self._lock:
+            self._endless = (chunk, float(pause))
 
     def set_delay(self, seconds: float) -> None:
         with self._lock:
@@ -551,7 +559,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(delay)
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            if response is not None:
+            if engine._endless is not None:
+                self._stream_forever(engine)
+            elif response is not None:
                 self._send(*response)
             else:
                 self._send(200, engine.render().encode("utf-8"), engine.content_type)
@@ -564,6 +574,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, b'{"detail":"Not Found"}', "application/json")
             else:
                 self._send(200, json.dumps(doc).encode(), "application/json")
+
+    def _stream_forever(self, engine: FakeEngine) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", engine.content_type)
+            self.end_headers()  # HTTP/1.0, no Content-Length: the body ends only when the connection closes
+            self.wfile.write(engine.render().encode("utf-8"))
+            while True:
+                with engine._lock:
+                    endless = engine._endless
+                if endless is None:
+                    return
+                self.wfile.write(endless[0])
+                self.wfile.flush()
+                time.sleep(endless[1])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, body: bytes, ctype: str) -> None:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
 from exporter.sources.engines import Adapter, EngineNames
-from exporter.sources.exposition import Exposition
+from exporter.sources.exposition import Exposition, finite_sum
 
 NAMES = EngineNames(
     kind="vllm",
@@ -73,6 +73,8 @@ def kv_capacity_by_rank(exposition: Exposition) -> dict[str, float]:
     for labels, _ in exposition.series(CACHE_CONFIG):
         blocks, block_size = _number(labels.get("num_gpu_blocks")), _number(labels.get("block_size"))
         tokens = blocks * block_size if blocks is not None and block_size is not None else None
+        if tokens is not None and not math.isfinite(tokens):
+            tokens = None
         if tokens is None:
             tokens = _number(labels.get("kv_cache_size_tokens"))
         if tokens is not None:
@@ -88,9 +90,13 @@ def kv_usage(exposition: Exposition, capacity: Mapping[str, float]) -> float | N
             continue
         weights = [capacity.get(rank) for rank, _ in series]
         if all(w is not None and w > 0 for w in weights):
-            total = math.fsum(w for w in weights if w is not None)
-            return math.fsum(v * w for (_, v), w in zip(series, weights, strict=True) if w is not None) / total
-        return math.fsum(v for _, v in series) / len(series)
+            total = finite_sum([w for w in weights if w is not None])
+            weighted = finite_sum([v * w for (_, v), w in zip(series, weights, strict=True) if w is not None])
+            usage = weighted / total if total and weighted is not None else None
+        else:
+            plain = finite_sum([v for _, v in series])
+            usage = plain / len(series) if plain is not None else None
+        return usage if usage is not None and math.isfinite(usage) else None
     return None
 
 
@@ -100,14 +106,16 @@ def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | 
     counters = dict(base.counters)
     for field_name, wire in PER_GPU.items():
         values = [v for _, v in exposition.series(wire) if math.isfinite(v)]
-        if values and any(values):  # vLLM serves these at 0 unless --enable-mfu-metrics is on
-            counters[field_name] = math.fsum(values) / len(values)
+        total = finite_sum(values) if values and any(values) else None  # 0 unless --enable-mfu-metrics
+        if total is not None:
+            counters[field_name] = total / len(values)
     gauges = dict(base.gauges)
     ranks = {labels.get("engine", "") for labels, _ in exposition.series("vllm:num_requests_running")}
     if ranks:
         gauges["data_parallel_ranks"] = float(len(ranks))
-    if capacity:
-        gauges["kv_cache_capacity_tokens"] = math.fsum(capacity.values())
+    total_capacity = finite_sum(list(capacity.values())) if capacity else None
+    if total_capacity is not None:
+        gauges["kv_cache_capacity_tokens"] = total_capacity
     usage = kv_usage(exposition, capacity)
     if usage is not None:
         gauges["kv_cache_usage_ratio"] = usage

@@ -40,6 +40,7 @@ every call after it raise ``NVMLError_GpuIsLost``.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import os
@@ -246,7 +247,8 @@ _spec: dict[str, Any] = {"gpus": []}
 _configured_in_process = False
 _refcount = 0
 _reads: list[int] = []  # handle calls per GPU
-_calls: list[tuple[str, int | None]] = []  # (function, gpu index) log, for tests
+# (function, gpu index) log, for tests; bounded so that a soak of many reads does not grow it forever
+_calls: collections.deque[tuple[str, int | None]] = collections.deque(maxlen=10_000)
 
 
 def _code(value: object) -> int:
