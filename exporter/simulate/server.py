@@ -42,14 +42,19 @@ class _Handler(BaseHTTPRequestHandler):
                     body, ctype, status = b'{"detail":"Not Found"}', "application/json", 404
                 else:
                     body, ctype, status = json.dumps(document).encode(), "application/json", 200
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_body(self, status, body, ctype)
+
+
+def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    """Answer with ``body``; a client that has gone away is not an error."""
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 class _Server(ThreadingHTTPServer):

@@ -27,6 +27,8 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
+from exporter.simulate.server import send_body
+
 VLLM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # TGI serves /metrics from an axum handler returning String (router/src/server.rs `async fn metrics`),
 # which axum labels text/plain; charset=utf-8. (Its separate prometheus port, 9000, says "text/plain".)
@@ -593,14 +595,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _send(self, status: int, body: bytes, ctype: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_body(self, status, body, ctype)
 
 
 class _Server(ThreadingHTTPServer):
