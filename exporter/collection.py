@@ -24,7 +24,7 @@ from exporter.derive.engine import EngineStats, engine_stats
 from exporter.derive.window import SampleWindow
 from exporter.facts.gpus import GpuSpec
 from exporter.resolve import FactsResolver
-from exporter.samples import EngineSample, GpuSample, NvmlReading
+from exporter.samples import GpuSample, NvmlReading
 from exporter.sources import SourceError
 from exporter.sources.engine import EngineReading, EngineSource
 
@@ -238,7 +238,7 @@ class Collection:
             model=model, gpu=specs[first.index], gpus=len(gpus),
             replicas=ranks if ranks >= 1 and len(gpus) % ranks == 0 else 1,
             memory_bytes_per_gpu=first.memory_total_bytes or specs[first.index].memory_bytes,
-            price_per_gpu_hour=price, engine_config=_config(reading.sample),
+            price_per_gpu_hour=price, engine_config=reading.sample.config,
             slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds)
         utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
         used = memory if memory is not None else _used_memory(gpus)
@@ -304,10 +304,6 @@ def _costs(stats: EngineStats, gpus: Sequence[GpuSample], prices: Mapping[int, f
     share = analysis.prompt_time_share if analysis is not None else engine_prompt_share(stats)
     utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
     return costs(sum(prices[g.index] for g in gpus), stats, utilization, share)
-
-
-def _config(sample: EngineSample) -> Mapping[str, str]:
-    return sample.config
 
 
 def _used_memory(gpus: Sequence[GpuSample]) -> float | None:

@@ -198,9 +198,7 @@ def replica_capacity(deployment: Deployment, load: Load) -> tuple[float, float] 
     """Decode and prefill tokens per second one replica (the engine's GPU shape) can serve within the SLOs."""
     model, gpu, n = deployment.model, deployment.gpu, deployment.replica_gpus
     kv_bytes = deployment.kv_bytes
-    capacity = roofline.kv_capacity_tokens(model, n, deployment.memory_bytes_per_gpu, kv_bytes,
-                                           deployment.gpu_memory_utilization)
-    batch = roofline.largest_batch(model, gpu, n, load.context, kv_bytes, capacity, deployment.slo_tpot_seconds)
+    batch = replica_batch_limit(deployment, load)
     step = roofline.decode_step(model, gpu, n, batch, load.context, kv_bytes) if batch else None
     prompt = load.mean_prompt_tokens or load.context
     prefill = roofline.prefill(model, gpu, n, prompt)
@@ -251,7 +249,7 @@ def rightsizing_state(stats: EngineStats, load: Load, deployment: Deployment, ba
     if waiting_mean >= 1 and kv_mean < KV_FULL:
         return "compute_bound"
     running_mean = stats.gauge_means.get("requests_running", 0.0)
-    batch_limit = _batch_limit(deployment, load)
+    batch_limit = replica_batch_limit(deployment, load)
     quiet = (waiting_max == 0 and not preempting and kv_mean < KV_LOW
              and running_mean < RUNNING_LOW_SHARE * max(batch_limit, 1) * deployment.replicas
              and bandwidth < BANDWIDTH_LOW)
@@ -260,7 +258,8 @@ def rightsizing_state(stats: EngineStats, load: Load, deployment: Deployment, ba
     return "balanced"
 
 
-def _batch_limit(deployment: Deployment, load: Load) -> int:
+def replica_batch_limit(deployment: Deployment, load: Load) -> int:
+    """The largest batch one replica's KV cache holds at the observed context within the TPOT target."""
     n = deployment.replica_gpus
     capacity = roofline.kv_capacity_tokens(deployment.model, n, deployment.memory_bytes_per_gpu,
                                            deployment.kv_bytes, deployment.gpu_memory_utilization)

@@ -21,7 +21,6 @@ formulas and their sources are written out in docs/analytic-model.md; in short:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from exporter.facts.gpus import GpuSpec
@@ -94,12 +93,9 @@ def matmul_params(model: ModelSpec) -> float:
     return float(model.params_active) - lookup
 
 
-def compute_dtype(model: ModelSpec) -> str:
-    return model.weight_dtype
-
-
 def peak_flops(gpu: GpuSpec, model: ModelSpec) -> float | None:
-    return gpu.flops_for(compute_dtype(model))
+    """The dense peak the model's matrix products run at (by its weight dtype)."""
+    return gpu.flops_for(model.weight_dtype)
 
 
 @dataclass(frozen=True)
@@ -185,6 +181,3 @@ def largest_batch(model: ModelSpec, gpu: GpuSpec, gpus: int, context: float, kv_
             high = middle - 1
     return best
 
-
-def is_finite_positive(value: float | None) -> bool:
-    return value is not None and math.isfinite(value) and value > 0

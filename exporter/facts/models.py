@@ -62,7 +62,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -463,8 +463,3 @@ def builtin(served_name: str) -> ModelSpec | None:
     repo_id, file_name = hit
     return _builtin_spec(file_name, repo_id)
 
-
-def iter_builtins() -> Iterator[ModelSpec]:
-    """Every shipped config, loaded (for tests and docs)."""
-    for repo_id, file_name in _builtins().values():
-        yield _builtin_spec(file_name, repo_id)
