@@ -164,19 +164,20 @@ class Collection:
 
     def _record(self, name: str, error: str | None, duration: float) -> CollectorStatus:
         was_ok = self._ok.get(name)
+        label = _describe(name, self.config.demo)
         if error is not None:
             self._errors[name] = self._errors.get(name, 0) + 1
             if was_ok is not False:
                 consequence = ("GPU metrics absent" if name == NVML
                                else "infermeter_engine_up 0, its derived metrics absent")
-                log.warning("%s: %s (%s; retrying every %gs, recovery will be logged)", _describe(name), error,
+                log.warning("%s: %s (%s; retrying every %gs, recovery will be logged)", label, error,
                             consequence, self.config.interval)
             else:
-                log.debug("%s: still failing: %s", _describe(name), error)
+                log.debug("%s: still failing: %s", label, error)
         elif was_ok is False:
-            log.info("%s: recovered", _describe(name))
+            log.info("%s: recovered", label)
         elif was_ok is None:
-            log.info("%s: ok", _describe(name))
+            log.info("%s: ok", label)
         self._ok[name] = error is None
         return CollectorStatus(error is None, duration, self._errors.get(name, 0))
 
@@ -316,5 +317,7 @@ def _process_memory(gpus: Sequence[GpuSample]) -> float | None:
     return sum(used) if used else None
 
 
-def _describe(collector: str) -> str:
-    return "NVML" if collector == NVML else collector.replace("engine/", "engine ", 1)
+def _describe(collector: str, demo: bool = False) -> str:
+    if collector == NVML:
+        return "simulated GPUs (--demo)" if demo else "NVML"
+    return collector.replace("engine/", "engine ", 1)

@@ -514,7 +514,7 @@ def markdown_reference() -> str:
 def describe(config: Config) -> str:
     """A one-line JSON summary of the effective configuration, for the start-up log."""
     return json.dumps({
-        "engines": {e.name: e.url for e in config.engines},
+        "engines": "simulated (--demo)" if config.demo else {e.name: e.url for e in config.engines},
         "engine_gpus": config.engine_gpus,
         "listen": f"{config.listen_host}:{config.listen_port}",
         "interval": config.interval, "window": config.window, "timeout": config.timeout,
