@@ -108,6 +108,9 @@ CATALOG: tuple[MetricSpec, ...] = (
             "Requests preempted per second " + WINDOW_NOTE + " (KV cache pressure)."),
     _engine("prefix_cache_hit_ratio", "gauge", "ratio",
             "Prefix cache hits per query token " + WINDOW_NOTE + "."),
+    _engine("spec_decode_acceptance_ratio", "gauge", "ratio",
+            "Speculative decoding: draft tokens accepted per draft token proposed " + WINDOW_NOTE + " (engines that "
+            "report only a ratio: its latest value)."),
     _engine("requests_running", "gauge", "requests", "Requests in the running batch."),
     _engine("requests_waiting", "gauge", "requests", "Requests waiting in the engine's queue."),
     _engine("kv_cache_usage_ratio", "gauge", "ratio",

@@ -103,6 +103,8 @@ def engine_points(snapshot: Snapshot) -> Iterator[Point]:
             yield Point("infermeter_" + name, labels, value)
         if stats.prefix_cache_hit_ratio is not None:
             yield Point("infermeter_prefix_cache_hit_ratio", labels, stats.prefix_cache_hit_ratio)
+        if stats.spec_decode_acceptance_ratio is not None:
+            yield Point("infermeter_spec_decode_acceptance_ratio", labels, stats.spec_decode_acceptance_ratio)
         for family, gauge in ENGINE_GAUGES.items():
             if gauge in stats.gauges:
                 yield Point(family, labels, stats.gauges[gauge])

@@ -72,9 +72,11 @@ class EngineSample:
     ``counters`` keys: prompt_tokens, generation_tokens, requests_finished, preemptions,
     prefix_cache_queries, prefix_cache_hits, prefill_seconds and decode_seconds (GPU time the
     engine spent in each phase), engine_flops_per_gpu and engine_read_bytes_per_gpu (vLLM's own
-    estimates, with --enable-mfu-metrics).
+    estimates, with --enable-mfu-metrics), spec_decode_draft_tokens and spec_decode_accepted_tokens
+    (speculative decoding).
     ``gauges`` keys: requests_running, requests_waiting, kv_cache_usage_ratio,
-    kv_cache_capacity_tokens, prefix_cache_hit_ratio (engines that only report a ratio).
+    kv_cache_capacity_tokens, prefix_cache_hit_ratio and spec_decode_acceptance_ratio (engines that only
+    report a ratio).
     ``histograms`` keys: time_to_first_token, time_per_output_token, inter_token_latency,
     e2e_request_latency, queue_time.
     Only what the engine reported is present.

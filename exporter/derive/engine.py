@@ -35,6 +35,8 @@ class EngineStats:
     # exported rate name -> per second (see RATES)
     rates: Mapping[str, float] = field(default_factory=dict)
     prefix_cache_hit_ratio: float | None = None
+    # draft tokens accepted per draft token proposed (speculative decoding)
+    spec_decode_acceptance_ratio: float | None = None
     # the latest value of each gauge
     gauges: Mapping[str, float] = field(default_factory=dict)
     # every canonical counter -> per second over the window
@@ -74,15 +76,22 @@ def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> Engine
         values = [s.gauges[gauge] for s in samples if gauge in s.gauges]
         means[gauge] = sum(values) / len(values)
         highest[gauge] = max(values)
-    return EngineStats(latency, rates, _prefix_hit_ratio(samples), dict(latest.gauges), counter_rates, means,
-                       highest)
+    return EngineStats(latency, rates, _prefix_hit_ratio(samples), _ratio(samples, "spec_decode_draft_tokens",
+                       "spec_decode_accepted_tokens", "spec_decode_acceptance_ratio"), dict(latest.gauges),
+                       counter_rates, means, highest)
 
 
 def _prefix_hit_ratio(samples: Sequence[EngineSample]) -> float | None:
+    return _ratio(samples, "prefix_cache_queries", "prefix_cache_hits", "prefix_cache_hit_ratio")
+
+
+def _ratio(samples: Sequence[EngineSample], whole: str, part: str, gauge: str) -> float | None:
+    """Increase of counter ``part`` over increase of counter ``whole`` in the window (capped at 1); engines
+    that report only a ratio gauge give its latest value. None when nothing happened in the window."""
     latest = samples[-1]
-    if "prefix_cache_queries" in latest.counters and "prefix_cache_hits" in latest.counters:
-        with_both = [s for s in samples if "prefix_cache_queries" in s.counters and "prefix_cache_hits" in s.counters]
-        queries = counter_increase([s.counters["prefix_cache_queries"] for s in with_both])
-        hits = counter_increase([s.counters["prefix_cache_hits"] for s in with_both])
-        return min(hits / queries, 1.0) if len(with_both) >= 2 and queries > 0 else None
-    return latest.gauges.get("prefix_cache_hit_ratio")
+    if whole in latest.counters and part in latest.counters:
+        with_both = [s for s in samples if whole in s.counters and part in s.counters]
+        total = counter_increase([s.counters[whole] for s in with_both])
+        hits = counter_increase([s.counters[part] for s in with_both])
+        return min(hits / total, 1.0) if len(with_both) >= 2 and total > 0 else None
+    return latest.gauges.get(gauge)

@@ -31,12 +31,17 @@ NAMES = EngineNames(
         # time requests spent in prefill and decode (the cost split by GPU time)
         "prefill_seconds": ("vllm:request_prefill_time_seconds_sum",),
         "decode_seconds": ("vllm:request_decode_time_seconds_sum",),
+        # speculative decoding (V1 vllm/v1/spec_decode/metrics.py SpecDecodingProm; V0 had the same counters)
+        "spec_decode_draft_tokens": ("vllm:spec_decode_num_draft_tokens_total",),
+        "spec_decode_accepted_tokens": ("vllm:spec_decode_num_accepted_tokens_total",),
     },
     gauges={
         "requests_running": ("vllm:num_requests_running",),
         "requests_waiting": ("vllm:num_requests_waiting",),
         # V0 reported a hit-rate gauge instead of counters
         "prefix_cache_hit_ratio": ("vllm:gpu_prefix_cache_hit_rate",),
+        # V0 also reported the acceptance rate as a 0..1 gauge (vllm/engine/metrics.py)
+        "spec_decode_acceptance_ratio": ("vllm:spec_decode_draft_acceptance_rate",),
     },
     histograms={
         "time_to_first_token": ("vllm:time_to_first_token_seconds",),
