@@ -34,7 +34,9 @@ def get(session: requests.Session, url: str, deadline: float, max_bytes: int,
                          headers={"Accept": accept}, allow_redirects=False) as response:
             chunks: list[bytes] = []
             size = 0
-            for chunk in response.iter_content(CHUNK):
+            # read1: at most one socket read per chunk, so a body that trickles in a few bytes at a time
+            # meets the deadline check below (read(CHUNK) would wait for a whole chunk first).
+            while chunk := response.raw.read1(CHUNK, decode_content=True):
                 size += len(chunk)
                 if size > max_bytes:
                     raise SourceError(f"response from {url} is larger than {max_bytes} bytes "
