@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter import report
 
         return report.main(args[1:])
+    if args[:1] == ["plan"]:
+        from exporter import plan
+
+        return plan.main(args[1:])
     if args[:1] == ["simulate"]:
         from exporter import simulate
 

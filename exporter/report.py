@@ -40,15 +40,20 @@ class EngineReport:
         return self.values.get(f"{name}{{{key}}}" if key else name)
 
 
-def from_exporter(url: str, timeout: float = 10.0) -> list[EngineReport]:
+def exporter_samples(url: str, timeout: float = 10.0) -> list[Sample]:
+    """Every sample a running exporter serves on URL/metrics."""
     response = requests.get(url.rstrip("/") + "/metrics", timeout=timeout)
     response.raise_for_status()
-    samples = [(s.name, dict(s.labels), float(s.value))
-               for family in text_string_to_metric_families(response.text) for s in family.samples]
-    return group(samples)
+    return [(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(response.text) for s in family.samples]
 
 
-def from_prometheus(url: str, timeout: float = 10.0) -> list[EngineReport]:
+def from_exporter(url: str, timeout: float = 10.0) -> list[EngineReport]:
+    return group(exporter_samples(url, timeout))
+
+
+def prometheus_samples(url: str, timeout: float = 10.0) -> list[Sample]:
+    """The latest value of every infermeter_* series a Prometheus server holds."""
     response = requests.get(url.rstrip("/") + "/api/v1/query", params={"query": '{__name__=~"infermeter_.+"}'},
                             timeout=timeout)
     response.raise_for_status()
@@ -60,7 +65,11 @@ def from_prometheus(url: str, timeout: float = 10.0) -> list[EngineReport]:
         labels = dict(series["metric"])
         name = labels.pop("__name__")
         samples.append((name, labels, float(series["value"][1])))
-    return group(samples)
+    return samples
+
+
+def from_prometheus(url: str, timeout: float = 10.0) -> list[EngineReport]:
+    return group(prometheus_samples(url, timeout))
 
 
 # a sample's labels beyond these become the key of its value (quantile="0.5", state="balanced", ...)

@@ -1,0 +1,420 @@
+"""``infermeter plan``: a ranked, priced capacity plan for serving a model at a rate (docs/planning.md).
+
+    infermeter plan --model meta-llama/Llama-3.1-70B --rate 2 --prompt-tokens 1000 --output-tokens 250
+    infermeter plan --from http://gpu-node-1:9416 [--engine NAME]      # load, model and efficiency observed
+
+The arithmetic is exporter.derive.plan; this module reads the inputs (flags, a config file's GPU
+prices, a running exporter or Prometheus) and renders the table or the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import requests
+
+from exporter import report
+from exporter.config import PRICING_MODELS, ConfigError, load_config
+from exporter.derive import plan as planner
+from exporter.derive import roofline
+from exporter.facts import gpus as gpu_facts
+from exporter.facts import models as model_facts
+from exporter.facts.gpus import GpuSpec
+
+PROG = "infermeter plan"
+P = "infermeter_"
+
+
+class UsageError(Exception):
+    """A bad input: one line, exit status 2."""
+
+
+class ReadError(Exception):
+    """--from could not be read: one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        print(f"{PROG}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="A ranked, priced capacity plan for serving a model at a request rate, "
+                                        "from the roofline or calibrated by a watched deployment "
+                                        "(docs/planning.md).")
+    what = p.add_argument_group("what to serve (required unless --from supplies it)")
+    what.add_argument("--model", metavar="CONFIG.json|NAME",
+                      help="a Hugging Face config.json (or its directory), or a built-in model name")
+    what.add_argument("--rate", type=_number, metavar="REQUESTS_PER_S", help="requests per second to serve")
+    what.add_argument("--prompt-tokens", type=_number, metavar="N", help="mean prompt tokens per request")
+    what.add_argument("--output-tokens", type=_number, metavar="N", help="mean generated tokens per request")
+    how = p.add_argument_group("targets and options")
+    how.add_argument("--slo-ttft", "--slo-ttft-seconds", dest="slo_ttft", type=_number, metavar="S",
+                     help=f"time-to-first-token target (default {planner.DEFAULT_TTFT_SECONDS:g} s)")
+    how.add_argument("--slo-tpot", "--slo-tpot-seconds", dest="slo_tpot", type=_number, metavar="S",
+                     help=f"time-per-output-token target (default {planner.DEFAULT_TPOT_SECONDS:g} s)")
+    how.add_argument("--gpu", action="append", metavar="NAME",
+                     help="only this GPU model (NVML name, e.g. 'NVIDIA H100 80GB HBM3'); repeatable")
+    how.add_argument("--dtype", choices=planner.WEIGHT_DTYPES,
+                     help="serve the weights in this precision (default: the checkpoint's own)")
+    how.add_argument("--kv-cache-dtype", choices=planner.KV_CACHE_DTYPES, default="auto",
+                     help="KV cache precision (vLLM --kv-cache-dtype; auto = the model's activation dtype)")
+    how.add_argument("--pricing", choices=PRICING_MODELS,
+                     help="which price per GPU-hour (default: the --config file's pricing, else on-demand)")
+    how.add_argument("--config", metavar="FILE",
+                     help="an infermeter config file: its gpus: table (your prices, extra GPUs) and pricing")
+    how.add_argument("--format", choices=("table", "json"), default="table")
+    calibrate = p.add_argument_group("calibration (docs/planning.md)")
+    calibrate.add_argument("--from", dest="source", metavar="URL",
+                           help="a running exporter or a Prometheus server: read the load, model, SLO targets "
+                                "and observed efficiency of one engine (flags given here win)")
+    calibrate.add_argument("--engine", metavar="NAME",
+                           help="with --from: the engine to read (needed when there are several)")
+    calibrate.add_argument("--decode-efficiency", type=_number, metavar="RATIO",
+                           help="observed decode step efficiency (MBU): roofline step / real step, (0, 1]")
+    calibrate.add_argument("--prefill-efficiency", type=_number, metavar="RATIO",
+                           help="observed prefill efficiency: roofline prefill / real prefill, (0, 1]")
+    calibrate.add_argument("--roofline", action="store_true",
+                           help="ignore the efficiency --from observed: plan on the roofline alone")
+    calibrate.add_argument("--timeout", type=_number, default=10.0, metavar="S", help="--from read timeout")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def model_config(spec: str) -> tuple[dict[str, Any], str, str]:
+    """(parsed config.json, name, source) for a path to a config.json (or its directory) or a built-in name."""
+    path = Path(spec)
+    if path.exists():
+        file = path / "config.json" if path.is_dir() else path
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise UsageError(f"cannot read model config {file}: {err.strerror or err}") from None
+        except json.JSONDecodeError as err:
+            raise UsageError(f"model config {file} is not valid JSON: {err.msg} at line {err.lineno}") from None
+        if not isinstance(config, dict):
+            raise UsageError(f"model config {file} is not a JSON object")
+        name = file.parent.name if file.name == "config.json" else file.stem
+        return config, name, str(file)
+    builtin = model_facts.builtin(spec)
+    if builtin is None:
+        raise UsageError(f"unknown model {spec!r}: not a file, and not a built-in model "
+                         f"({', '.join(model_facts.builtin_names())})")
+    file_name = builtin.name.replace("/", "--", 1) + ".json"
+    text = resources.files("exporter.facts").joinpath("models").joinpath(file_name).read_text(encoding="utf-8")
+    return json.loads(text), builtin.name, builtin.source
+
+
+# ------------------------------------------------------------------------------------------ GPUs
+
+
+@dataclass(frozen=True)
+class Prices:
+    gpus: tuple[GpuSpec, ...]     # every GPU known: the catalogue with the config's overrides, then its new rows
+    pricing: str
+    from_config: bool
+
+
+def gpu_table(config_file: str | None, pricing: str | None) -> Prices:
+    rows = dict(gpu_facts.catalogue())
+    file_pricing = None
+    if config_file is not None:
+        try:
+            config = load_config(["--config", config_file], {})
+        except ConfigError as err:
+            raise UsageError(str(err)) from None
+        file_pricing = config.pricing
+        for name, fields in (config.gpu_specs or {}).items():
+            base = gpu_facts.find(name)
+            spec = gpu_facts.spec_from_mapping(name, fields, base)  # validated by load_config
+            rows[base.name if base else name] = replace(spec, name=base.name) if base else spec
+    return Prices(tuple(rows.values()), pricing or file_pricing or "on-demand", config_file is not None)
+
+
+def choose_gpus(table: Sequence[GpuSpec], names: Sequence[str] | None) -> list[GpuSpec]:
+    if not names:
+        return list(table)
+    extra = {spec.name: spec for spec in table}
+    chosen: list[GpuSpec] = []
+    for name in names:
+        spec = gpu_facts.find(name, extra)
+        if spec is None:
+            raise UsageError(f"unknown GPU {name!r}; known: {', '.join(extra)}")
+        if spec not in chosen:
+            chosen.append(spec)
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ --from
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What --from read about one engine."""
+
+    url: str
+    engine: report.EngineReport
+    model: str | None                # a built-in name or a readable config path
+    requests_per_second: float | None
+    prompt_tokens: float | None
+    output_tokens: float | None
+    slo_ttft_seconds: float | None
+    slo_tpot_seconds: float | None
+    decode_efficiency: float | None
+    prefill_efficiency: float | None
+
+    def describe(self) -> dict[str, Any]:
+        e = self.engine
+        return {"url": self.url, "engine": e.engine, "instance": e.instance, "model": e.labels.get("model"),
+                "gpus": e.gpus, "dollars_per_hour": e.get(P + "cost_dollars_per_hour"),
+                "requests_per_second": self.requests_per_second}
+
+
+def read_samples(url: str, timeout: float) -> list[report.Sample]:
+    """The samples of a Prometheus server (it answers /api/v1/status/buildinfo) or of an exporter."""
+    try:
+        probe = requests.get(url.rstrip("/") + "/api/v1/status/buildinfo", timeout=timeout)
+        is_prometheus = probe.status_code == 200 and probe.json().get("status") == "success"
+    except (requests.RequestException, ValueError, AttributeError):
+        is_prometheus = False
+    if is_prometheus:
+        return report.prometheus_samples(url, timeout)
+    return report.exporter_samples(url, timeout)
+
+
+def _instance(labels: Mapping[str, str]) -> str:
+    return "/".join(labels.get(k, "") for k in report.INSTANCE_LABELS if labels.get(k))
+
+
+def observe(url: str, engine: str | None, samples: Sequence[report.Sample]) -> Observed:
+    engines = [e for e in report.group(samples) if engine in (None, e.engine)]
+    if not engines:
+        raise UsageError(f"no engine {'named ' + repr(engine) + ' ' if engine else ''}at {url}")
+    if len(engines) > 1:
+        names = ", ".join(f"{e.instance}/{e.engine}" if e.instance else e.engine for e in engines)
+        raise UsageError(f"{url} has several engines ({names}): pick one with --engine NAME")
+    (e,) = engines
+    if e.get(P + "engine_up") != 1:
+        raise UsageError(f"engine {e.engine} at {url} is down: nothing observed to plan from")
+    source = e.labels.get("spec_source", "")
+    model: str | None = None
+    if source.startswith("built-in: "):
+        model = source[len("built-in: "):]
+    elif source and Path(source).exists():
+        model = source
+    elif e.labels.get("model") and model_facts.builtin(e.labels["model"]) is not None:
+        model = e.labels["model"]
+    rps = e.get(P + "requests_per_second")
+    prompt, generation = e.get(P + "prompt_tokens_per_second"), e.get(P + "generation_tokens_per_second")
+    slo: dict[str, float] = {}
+    for name, value in ((n, v) for n, labels, v in samples
+                        if n.startswith(P + "slo_") and _instance(labels) == e.instance):
+        slo[name] = value
+    seen = planner.Calibration.observed(e.get(P + "memory_bandwidth_utilization_ratio", "source=analytic"),
+                                        e.get(P + "expected_time_to_first_token_seconds"),
+                                        e.get(P + "time_to_first_token_seconds", "quantile=0.5"))
+    return Observed(
+        url=url, engine=e, model=model, requests_per_second=rps if rps else None,
+        prompt_tokens=prompt / rps if rps and prompt else None,
+        output_tokens=generation / rps if rps and generation else None,
+        slo_ttft_seconds=slo.get(P + "slo_time_to_first_token_seconds"),
+        slo_tpot_seconds=slo.get(P + "slo_time_per_output_token_seconds"),
+        decode_efficiency=seen.decode, prefill_efficiency=seen.prefill)
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 0.1 else f"${value:.3g}"
+
+
+def _time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _count(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+COLUMNS = ("#", "GPU", "TP", "replicas", "GPUs", "KV tokens", "batch", "limit", "TPOT", "TTFT", "bound",
+           "req/s/rep", "$/h", "$/request", "$/M tokens")
+RIGHT = {"#", "TP", "replicas", "GPUs", "KV tokens", "batch", "TPOT", "TTFT", "req/s/rep", "$/h", "$/request",
+         "$/M tokens"}
+
+
+def table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUMNS) -> list[str]:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    widths = [max(len(columns[i]), *(len(r[i]) for r in rows)) if rows else len(columns[i])
+              for i in range(len(columns))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if columns[i] in RIGHT else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return [line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def short(gpu: str) -> str:
+    """A GPU's name without the vendor prefix, for the table."""
+    return gpu[len("NVIDIA "):] if gpu.startswith("NVIDIA ") else gpu
+
+
+def render(result: planner.Plan, notes: Sequence[str]) -> str:
+    m, w, slo = result.model, result.workload, result.slo
+    kv = roofline.kv_bytes_per_token(m, roofline.kv_dtype_bytes(result.kv_cache_dtype, m))
+    lines = [
+        f"plan for {m.name} ({m.architecture}, {m.weight_dtype} weights {m.weight_bytes / 1e9:,.1f} GB; "
+        f"KV cache {result.kv_cache_dtype}, {kv:,.0f} bytes per token)",
+        f"  load     {w.requests_per_second:g} requests/s of {w.prompt_tokens:,.0f} prompt + "
+        f"{w.output_tokens:,.0f} output tokens",
+        f"  targets  TTFT {_time(slo.ttft_seconds)}, TPOT {_time(slo.tpot_seconds)} (mean request; queueing not "
+        "modelled)",
+        f"  prices   {result.pricing}, per GPU-hour",
+    ]
+    if result.basis == "calibrated":
+        c = result.calibration
+        lines.append(f"  basis    calibrated: decode at {_ratio(c.decode)} and prefill at {_ratio(c.prefill)} of the "
+                     f"roofline ({c.source})")
+    else:
+        lines.append("  basis    roofline: an upper bound on speed, so a lower bound on cost (calibrate: --from)")
+    lines.extend(f"  note     {note}" for note in notes)
+    feasible = [c for c in result.candidates if c.feasible]
+    rows = [[str(i), short(c.gpu), str(c.tensor_parallel), _count(c.replicas), _count(c.gpus),
+             _count(c.kv_cache_tokens), _count(c.batch), c.batch_limit or "-", _time(c.tpot_seconds),
+             _time(c.ttft_seconds), c.bound or "-",
+             _count(c.requests_per_second_per_replica, 2), _money(c.dollars_per_hour), _money(c.dollars_per_request),
+             _money(c.dollars_per_million_tokens)] for i, c in enumerate(feasible, 1)]
+    lines.append("")
+    lines.extend(table(rows) if rows else ["no GPU in the list can serve this load within the targets"])
+    per_gpu_notes = sorted({f"{c.gpu}: {note}" for c in feasible for note in c.notes})
+    if per_gpu_notes:
+        lines += ["", "notes", *(f"  {note}" for note in per_gpu_notes)]
+    ruled_out = [c for c in result.candidates if not c.feasible]
+    if ruled_out:
+        width = max(len(short(c.gpu)) for c in ruled_out)
+        lines += ["", "ruled out", *(f"  {short(c.gpu).ljust(width)}  TP{c.tensor_parallel}  {c.reason}"
+                                     for c in ruled_out)]
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "1 (roofline)" if value is None else f"{value:.2f}"
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[str]]:
+    """The plan, the extra JSON inputs and the header notes for parsed arguments (raises UsageError)."""
+    observed: Observed | None = None
+    notes: list[str] = []
+    if args.source:
+        try:
+            samples = read_samples(args.source, args.timeout)
+        except (requests.RequestException, ValueError, KeyError) as err:
+            raise ReadError(f"cannot read {args.source}: {str(err).splitlines()[0] if str(err) else err}") from None
+        observed = observe(args.source, args.engine, samples)
+    elif args.engine:
+        raise UsageError("--engine needs --from")
+
+    def pick(flag: float | str | None, seen: float | str | None, what: str) -> Any:
+        if flag is not None:
+            return flag
+        if seen is not None:
+            return seen
+        where = f" and {observed.engine.engine} at {args.source} did not report it" if observed else ""
+        raise UsageError(f"{what} is required{where}")
+
+    model_name = pick(args.model, observed.model if observed else None, "--model")
+    config, name, source = model_config(model_name)
+    try:
+        model = planner.with_weight_dtype(config, name, source, args.dtype)
+        workload = planner.Workload(
+            pick(args.rate, observed.requests_per_second if observed else None, "--rate"),
+            pick(args.prompt_tokens, observed.prompt_tokens if observed else None, "--prompt-tokens"),
+            pick(args.output_tokens, observed.output_tokens if observed else None, "--output-tokens"))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    ttft = args.slo_ttft or (observed.slo_ttft_seconds if observed else None)
+    tpot = args.slo_tpot or (observed.slo_tpot_seconds if observed else None)
+    defaults = [f"{label} {value:g} s" for label, value, given in (
+        ("TTFT", planner.DEFAULT_TTFT_SECONDS, ttft), ("TPOT", planner.DEFAULT_TPOT_SECONDS, tpot)) if given is None]
+    if defaults:
+        notes.append(f"default target {', '.join(defaults)} (MLPerf Inference Server scenario, Llama-3.1-8B); "
+                     "set --slo-ttft / --slo-tpot")
+    slo = planner.Slo(ttft or planner.DEFAULT_TTFT_SECONDS, tpot or planner.DEFAULT_TPOT_SECONDS)
+
+    decode = args.decode_efficiency
+    prefill = args.prefill_efficiency
+    where = []
+    if observed and not args.roofline:
+        seen = observed.engine.gpus
+        on = f" on {len(seen)} x {seen[0]}" if seen and len(set(seen)) == 1 else ""
+        if decode is None and observed.decode_efficiency is not None:
+            decode = observed.decode_efficiency
+            where.append("decode: analytic MBU")
+        if prefill is None and observed.prefill_efficiency is not None:
+            prefill = observed.prefill_efficiency
+            where.append("prefill: expected / observed TTFT p50")
+        source_text = f"engine {observed.engine.engine}{on} at {args.source}"
+    else:
+        source_text = ""
+    if args.decode_efficiency is not None or args.prefill_efficiency is not None:
+        where.append("flags")
+    try:
+        calibration = planner.Calibration(decode, prefill, "; ".join(filter(None, [source_text, ", ".join(where)])))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    prices = gpu_table(args.config, args.pricing)
+    gpus = choose_gpus(prices.gpus, args.gpu)
+    if not prices.from_config:
+        notes.append("catalogue prices are placeholders (exporter/facts/gpus.toml); put yours under gpus: in --config")
+    result = planner.plan(model, gpus, workload, slo, pricing=prices.pricing, calibration=calibration,
+                          kv_cache_dtype=args.kv_cache_dtype)
+    extra: dict[str, Any] = {"gpus": [g.name for g in gpus], "config_file": args.config,
+                             "observed": observed.describe() if observed else None}
+    return result, extra, notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result, extra, notes = build(args)
+    except UsageError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    except ReadError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(result.to_json(extra), indent=2))
+    else:
+        print(render(result, notes))
+    return 0
