@@ -34,6 +34,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.simulate.model import MAX_INPUT_TOKENS, Rank, Request, Simulation, StepReport
+from exporter.simulate.sglang import SglangExposition
+from exporter.simulate.triton import TritonExposition
 
 SIMULATOR = "infermeter-simulator"
 VLLM_VERSION = "0.32.0"
@@ -618,11 +620,15 @@ class TgiExposition:
         }}
 
 
-Exposition = VllmExposition | TgiExposition
+Exposition = VllmExposition | TgiExposition | TritonExposition | SglangExposition
 
 
 def exposition_for(sim: Simulation) -> Exposition:
     """The exposition of the simulation's engine kind (registered as its recorder)."""
+    if sim.engine.kind == "triton":
+        return TritonExposition(sim)
+    if sim.engine.kind == "sglang":
+        return SglangExposition(sim)
     return VllmExposition(sim) if sim.engine.kind == "vllm" else TgiExposition(sim)
 
 

@@ -112,7 +112,7 @@ MAX_NUM_BATCHED_TOKENS = 8192    # prefill tokens one step may take (chunked-pre
 JITTER = 0.05
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
 DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
-ENGINE_KINDS = ("vllm", "tgi")
+ENGINE_KINDS = ("vllm", "tgi", "triton", "sglang")
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -465,7 +465,7 @@ class Rank:
         engine = self.engine
         capacity = engine.kv_capacity_tokens
         preempted = False
-        if engine.kind == "vllm":
+        if engine.kind in ("vllm", "sglang"):  # SGLang "retracts" (preempts) the same way
             while self.running and self.kv_used_tokens + len(self.running) > capacity:
                 self._preempt_newest()
                 preempted = True

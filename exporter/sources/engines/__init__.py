@@ -93,9 +93,9 @@ class Adapter:
 
 def adapters() -> tuple[Adapter, ...]:
     """Every engine adapter, in detection order."""
-    from exporter.sources.engines import tgi, vllm
+    from exporter.sources.engines import sglang, tgi, triton, vllm
 
-    return (vllm.ADAPTER, tgi.ADAPTER)
+    return (vllm.ADAPTER, tgi.ADAPTER, triton.ADAPTER, sglang.ADAPTER)
 
 
 def detect(text: str) -> Adapter:
@@ -110,7 +110,7 @@ def detect(text: str) -> Adapter:
 
 def markdown_mapping() -> str:
     """docs/engines.md's table: which engine names feed each canonical field, preferred first."""
-    from exporter.sources.engines import tgi, vllm
+    from exporter.sources.engines import sglang, tgi, triton, vllm
 
     engines = tuple(a.names for a in adapters())
     # fields an adapter computes beyond its name tables: field kind -> field -> engine kind -> sources
@@ -124,6 +124,10 @@ def markdown_mapping() -> str:
                                          "tgi": ("/info max_batch_total_tokens",)},
         },
     }
+    for module in (triton, sglang):
+        for kind, fields in module.COMPUTED.items():
+            for name, sources in fields.items():
+                computed.setdefault(kind, {}).setdefault(name, {})[module.NAMES.kind] = sources
     rows = ["| Field | Kind | " + " | ".join(e.kind for e in engines) + " |",
             "| --- | --- | " + " | ".join("---" for _ in engines) + " |"]
     for kind, table in (("counter", "counters"), ("gauge", "gauges"), ("histogram", "histograms")):
