@@ -164,6 +164,19 @@ CATALOG: tuple[MetricSpec, ...] = (
             "balanced (rules in docs/analytic-model.md).", (*ENGINE_LABELS, "state")),
     _engine("rightsizing_savings_dollars_per_hour", "gauge", "dollars per hour",
             "What running the right-sized GPU count would save per hour."),
+    # --- what-if: the observed load on other GPU models (docs/planning.md) ---
+    _engine("whatif_gpus_needed", "gauge", "GPUs",
+            "GPUs of this model, in whole replicas of its cheapest tensor-parallel shape, that would serve the "
+            "engine's observed load " + WINDOW_NOTE + " within the SLO targets (absent: it cannot).",
+            (*ENGINE_LABELS, "gpu_model")),
+    _engine("whatif_cost_dollars_per_hour", "gauge", "dollars per hour",
+            "What those GPUs would cost per hour at the --pricing price.", (*ENGINE_LABELS, "gpu_model")),
+    _engine("whatif_best_gpu_info", "info", "",
+            "The cheapest GPU model and tensor-parallel size that would serve the observed load within the SLO "
+            "targets; basis=calibrated applies the engine's observed efficiency, roofline does not; value 1.",
+            (*ENGINE_LABELS, "gpu_model", "tensor_parallel", "basis")),
+    _engine("whatif_savings_dollars_per_hour", "gauge", "dollars per hour",
+            "What the engine costs per hour now minus what the cheapest GPU model would (never below 0)."),
     # --- the exporter itself ---
     _self("collector_success", "gauge", "",
           "1 if the collector's last run succeeded, else 0 (collector = nvml or engine/NAME).", ("collector",)),
@@ -179,6 +192,9 @@ CATALOG: tuple[MetricSpec, ...] = (
           "Time-per-output-token target (--slo-tpot-seconds)."),
     _self("budget_cost_per_request_dollars", "gauge", "dollars",
           "What a request may cost (--budget-cost-per-request-dollars)."),
+    _self("whatif_savings_threshold_ratio", "gauge", "ratio",
+          "Share of an engine's hourly cost another GPU model must save for InfermeterCheaperGPUAvailable "
+          "(--whatif-savings-threshold-ratio)."),
     _self("build_info", "info", "", "infermeter build; value 1.", ("version",)),
     _self("demo_info", "info", "", "Present only with --demo: this engine and its GPUs are simulated; value 1.",
           ("engine", "scenario")),

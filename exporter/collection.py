@@ -21,9 +21,10 @@ from exporter.derive.analysis import Analysis, Deployment, analyse
 from exporter.derive.assignment import assign_gpus
 from exporter.derive.cost import Costs, costs, engine_prompt_share
 from exporter.derive.engine import EngineStats, engine_stats
+from exporter.derive.whatif import WhatIf
 from exporter.derive.window import SampleWindow
 from exporter.facts.gpus import GpuSpec
-from exporter.resolve import FactsResolver
+from exporter.resolve import FactsResolver, WhatIfAdvisor
 from exporter.samples import GpuSample, NvmlReading
 from exporter.sources import SourceError
 from exporter.sources.engine import EngineReading, EngineSource
@@ -65,6 +66,8 @@ class EngineView:
     costs: Costs | None = None
     # dollars spent on the engine's GPUs since the exporter started (None: no price known yet)
     cost_dollars_total: float | None = None
+    # the observed load planned on every candidate GPU model (--whatif)
+    whatif: WhatIf | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class Snapshot:
     slo_ttft_seconds: float | None = None
     slo_tpot_seconds: float | None = None
     budget_cost_per_request_dollars: float | None = None
+    whatif_savings_threshold_ratio: float | None = None
     # --demo: engine name -> simulated scenario
     demo_engines: Mapping[str, str] = field(default_factory=dict)
 
@@ -108,6 +112,7 @@ class Collection:
         self._errors: dict[str, int] = {}
         self._failed_gpus: frozenset[int] = frozenset()
         self._facts = FactsResolver(config)
+        self._whatif = WhatIfAdvisor(self._facts, config)
         self._spent: dict[str, float] = {}
         self._spent_at: dict[str, float] = {}
         self._ok: dict[str, bool] = {}
@@ -198,7 +203,7 @@ class Collection:
             identity = self._identity[name]
             engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
             memory = _process_memory(engine_gpus)
-            stats = analysis = engine_costs = None
+            stats = analysis = engine_costs = advice = None
             if isinstance(result, EngineReading):
                 self._windows[name].add(result.sample)
                 identity.kind = result.sample.kind
@@ -208,18 +213,25 @@ class Collection:
                     stats = engine_stats(self._windows[name].samples(), QUANTILES)
                     analysis = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
                     engine_costs = _costs(stats, engine_gpus, prices, analysis)
+                    if analysis is not None and self.config.whatif:
+                        first = engine_gpus[0].index  # analysis implies a known GPU spec
+                        advice = self._whatif.advise(stats, analysis, result.sample.config, specs[first],
+                                                     prices.get(first))
                 except Exception:  # a derivation bug must cost this engine's series, not the snapshot
                     log.exception("engine %s: deriving windowed statistics failed", name)
                     self._windows[name].clear()
-                    stats = analysis = engine_costs = None
+                    stats = analysis = engine_costs = advice = None
             views.append(EngineView(
                 name=name, up=stats is not None, kind=identity.kind, model=identity.model,
                 version=identity.version, stats=stats, gpus=engine_gpus, gpu_memory_used_bytes=memory,
-                analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now)))
+                analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now),
+                whatif=advice))
         return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
                         slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds,
                         budget_cost_per_request_dollars=self.config.budget_cost_per_request_dollars,
+                        whatif_savings_threshold_ratio=(self.config.whatif_savings_threshold_ratio
+                                                        if self.config.whatif else None),
                         demo_engines=self.config.demo_engines or {})
 
     def _analyse(self, name: str, reading: EngineReading, stats: EngineStats, gpus: Sequence[GpuSample],

@@ -20,6 +20,7 @@ from exporter import __version__
 from exporter.catalog import CATALOG, MetricSpec, help_text
 from exporter.collection import Snapshot
 from exporter.derive.analysis import STATES
+from exporter.derive.whatif import WhatIf
 from exporter.samples import GpuSample
 
 # GPU gauge/counter name -> GpuSample field
@@ -162,6 +163,7 @@ def analysis_points(snapshot: Snapshot) -> Iterator[Point]:
                     yield Point(family, labels, value)
             for token_type, value in sorted(engine.costs.per_million_tokens.items()):
                 yield Point("infermeter_cost_per_million_tokens_dollars", {**labels, "token_type": token_type}, value)
+        yield from whatif_points(engine.whatif, labels)
         analysis = engine.analysis
         if analysis is None:
             continue
@@ -181,6 +183,22 @@ def analysis_points(snapshot: Snapshot) -> Iterator[Point]:
                             1 if state == analysis.state else 0)
 
 
+def whatif_points(advice: WhatIf | None, labels: dict[str, str]) -> Iterator[Point]:
+    if advice is None:
+        return
+    for option in advice.options:
+        gpu_labels = {**labels, "gpu_model": option.gpu_model}
+        yield Point("infermeter_whatif_gpus_needed", gpu_labels, option.gpus)
+        if option.dollars_per_hour is not None:
+            yield Point("infermeter_whatif_cost_dollars_per_hour", gpu_labels, option.dollars_per_hour)
+    if advice.best is not None:
+        yield Point("infermeter_whatif_best_gpu_info", {**labels, "gpu_model": advice.best.gpu_model,
+                                                        "tensor_parallel": str(advice.best.tensor_parallel),
+                                                        "basis": advice.basis}, 1)
+    if advice.savings_per_hour is not None:
+        yield Point("infermeter_whatif_savings_dollars_per_hour", labels, advice.savings_per_hour)
+
+
 def self_points(snapshot: Snapshot) -> Iterator[Point]:
     for collector, status in sorted(snapshot.collectors.items()):
         labels = {"collector": collector}
@@ -196,6 +214,8 @@ def self_points(snapshot: Snapshot) -> Iterator[Point]:
         yield Point("infermeter_slo_time_per_output_token_seconds", {}, snapshot.slo_tpot_seconds)
     if snapshot.budget_cost_per_request_dollars is not None:
         yield Point("infermeter_budget_cost_per_request_dollars", {}, snapshot.budget_cost_per_request_dollars)
+    if snapshot.whatif_savings_threshold_ratio is not None:
+        yield Point("infermeter_whatif_savings_threshold_ratio", {}, snapshot.whatif_savings_threshold_ratio)
     yield Point("infermeter_build_info", {"version": __version__}, 1)
     for engine, scenario in sorted(snapshot.demo_engines.items()):
         yield Point("infermeter_demo_info", {"engine": engine, "scenario": scenario}, 1)

@@ -70,6 +70,11 @@ class Config:
     demo_engines: Mapping[str, str] | None = None
     # engine name ("" = every engine) -> bearer token; never logged or shown
     engine_tokens: Mapping[str, str] | None = field(default=None, repr=False)
+    # live what-if advice: on/off, the GPU models it considers (empty: the whole catalogue) and the
+    # savings share the InfermeterCheaperGPUAvailable alert waits for
+    whatif: bool = True
+    whatif_gpus: tuple[str, ...] = ()
+    whatif_savings_threshold_ratio: float = 0.25
 
 
 # --- value parsers: each takes the raw value and returns it typed, or raises ValueError(what's wrong) ---
@@ -168,6 +173,23 @@ def _engine_gpus(raw: object) -> tuple[str, tuple[int, ...]]:
 
 def _path(raw: object) -> str:
     return str(raw)
+
+
+def _gpu_name(raw: object) -> str:
+    text = str(raw).strip()
+    if not text:
+        raise ValueError("expected a GPU model as NVML names it, e.g. 'NVIDIA H100 80GB HBM3'")
+    return text
+
+
+def _share(raw: object) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected a share between 0 and 1 such as 0.25, got {str(raw)[:40]!r}") from None
+    if not math.isfinite(value) or not 0 < value < 1:
+        raise ValueError(f"expected a share between 0 and 1 (exclusive) such as 0.25, got {raw!r}")
+    return value
 
 
 def _dollars(raw: object) -> float:
@@ -303,6 +325,12 @@ SETTINGS: tuple[Setting, ...] = (
             "never appear in logs, labels or pages.", _token_file, (), "[ENGINE=]PATH", repeatable=True),
     Setting("budget-cost-per-request-dollars", "What a request may cost; exported for the "
             "InfermeterCostPerRequestHigh alert.", _dollars, None, "DOLLARS"),
+    Setting("whatif", "Live what-if advice: plan each engine's observed load on every candidate GPU model "
+            "(infermeter_whatif_*, docs/planning.md).", _boolean, True, boolean=True),
+    Setting("whatif-gpu", "A GPU model (its NVML name) the what-if advice considers; repeatable. Default: every GPU "
+            "in the catalogue and the config's gpus: table.", _gpu_name, (), "NAME", repeatable=True),
+    Setting("whatif-savings-threshold-ratio", "Share of an engine's hourly cost another GPU model must save for "
+            "InfermeterCheaperGPUAvailable; exported for the alert.", _share, 0.25, "RATIO"),
     Setting("gpus", "Specs or prices for GPUs by NVML name, e.g. a GPU the catalogue lacks, or your negotiated "
             "price (see docs/analytic-model.md).", _gpu_specs, None, file_only=True),
     Setting("web.config.file", "TLS and basic-auth settings for /metrics, in the format of Prometheus' "
@@ -473,6 +501,14 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     if unknown_engines:
         raise ConfigError(f"--model-config ({raw['model-config'][1]}): no engine named {unknown_engines[0]!r}; "
                           f"engines are: {', '.join(names) or 'none (add --engine)'}")
+    whatif_gpus = tuple(dict.fromkeys(values["whatif-gpu"]))
+    if whatif_gpus:
+        from exporter.facts.gpus import find, spec_from_mapping
+        user = {name: spec_from_mapping(name, fields, find(name)) for name, fields in (values["gpus"] or {}).items()}
+        unknown = [name for name in whatif_gpus if find(name, user) is None]
+        if unknown:
+            raise ConfigError(f"--whatif-gpu ({raw['whatif-gpu'][1]}): {unknown[0]!r} is neither in the GPU catalogue "
+                              "(exporter/facts/gpus.toml) nor under gpus: in the config file")
     return Config(
         engines=tuple(engines),
         engine_gpus=gpu_map or None,
@@ -494,6 +530,9 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         engine_tokens=tokens or None,
         web_config_file=values["web.config.file"],
         demo=values["demo"],
+        whatif=values["whatif"],
+        whatif_gpus=whatif_gpus,
+        whatif_savings_threshold_ratio=values["whatif-savings-threshold-ratio"],
     )
 
 

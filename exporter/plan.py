@@ -233,7 +233,8 @@ def observe(url: str, engine: str | None, samples: Sequence[report.Sample]) -> O
         slo[name] = value
     seen = planner.Calibration.observed(e.get(P + "memory_bandwidth_utilization_ratio", "source=analytic"),
                                         e.get(P + "expected_time_to_first_token_seconds"),
-                                        e.get(P + "time_to_first_token_seconds", "quantile=0.5"))
+                                        e.get(P + "time_to_first_token_seconds", "quantile=0.5"),
+                                        queue_seconds=e.get(P + "queue_time_seconds", "quantile=0.5"))
     return Observed(
         url=url, engine=e, model=model, requests_per_second=rps if rps else None,
         prompt_tokens=prompt / rps if rps and prompt else None,

@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from exporter.config import Config
-from exporter.facts.gpus import GpuSpec, find, spec_from_mapping
+from exporter.derive import plan, whatif
+from exporter.derive.analysis import Analysis
+from exporter.derive.engine import EngineStats
+from exporter.derive.whatif import WhatIf
+from exporter.facts.gpus import GpuSpec, catalogue, find, spec_from_mapping
 from exporter.facts.models import ModelSpec, builtin, load
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,7 @@ class FactsResolver:
             for name, fields in (config.gpu_specs or {}).items()}
         self._models: dict[tuple[str, str, str], ModelSpec | None] = {}
         self._said: set[str] = set()
+        self._whatif: dict[str, tuple[GpuSpec, float | None]] | None = None
 
     def warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._said:
@@ -52,6 +57,15 @@ class FactsResolver:
                        "set --gpu-hourly-cost or a price under `gpus:` in the config file",
                        self.config.pricing, spec.name)
         return price
+
+    def whatif_gpus(self) -> dict[str, tuple[GpuSpec, float | None]]:
+        """The GPU models the what-if advice considers, with their --pricing price (cached: the
+        configuration does not change while running)."""
+        if self._whatif is None:
+            names = self.config.whatif_gpus or tuple(dict.fromkeys([*catalogue(), *self._user_gpus]))
+            specs = [spec for name in names if (spec := find(name, self._user_gpus)) is not None]
+            self._whatif = {spec.name: (spec, spec.prices.get(self.config.pricing)) for spec in specs}
+        return self._whatif
 
     def model(self, engine: str, served: str, root: str | None) -> ModelSpec | None:
         key = (engine, served, root or "")
@@ -89,3 +103,50 @@ class FactsResolver:
 
 def _configured(paths: Mapping[str, str], engine: str) -> str | None:
     return paths.get(engine) or paths.get("")
+
+
+class WhatIfAdvisor:
+    """Live what-if advice per engine (exporter.derive.whatif), from the engine's observed load, model and
+    efficiency. Inputs are rounded to two significant digits and the answers cached, so a steady load
+    costs a dictionary lookup per cycle instead of a plan over the catalogue."""
+
+    CACHE_SIZE = 256
+
+    def __init__(self, facts: FactsResolver, config: Config) -> None:
+        self._facts = facts
+        self._slo = plan.Slo(config.slo_ttft_seconds or plan.DEFAULT_TTFT_SECONDS,
+                             config.slo_tpot_seconds or plan.DEFAULT_TPOT_SECONDS)
+        self._cache: dict[tuple[object, ...], WhatIf] = {}
+
+    def advise(self, stats: EngineStats, analysis: Analysis, engine_config: Mapping[str, str], gpu: GpuSpec,
+               price_per_gpu_hour: float | None) -> WhatIf | None:
+        """The advice for an engine on ``gpu`` GPUs at ``price_per_gpu_hour`` (its own price, which may
+        be --gpu-hourly-cost); None when the window holds no finished request with tokens."""
+        load = whatif.workload(stats)
+        if load is None:
+            return None
+        load = plan.Workload(_sig2(load.requests_per_second), _sig2(load.prompt_tokens), _sig2(load.output_tokens))
+        ttft, queue = stats.latency.get("time_to_first_token"), stats.latency.get("queue_time")
+        observed = plan.Calibration.observed(analysis.mbu.get("analytic"), analysis.expected_ttft_seconds,
+                                             ttft.quantiles.get(0.5) if ttft else None,
+                                             queue_seconds=queue.quantiles.get(0.5) if queue else None)
+        calibration = plan.Calibration(_round(observed.decode), _round(observed.prefill), "observed")
+        kv_dtype = engine_config.get("cache_dtype") or "auto"
+        model = analysis.model
+        key = (model.name, model.source, model.weight_dtype, load, calibration, kv_dtype, gpu.name, price_per_gpu_hour)
+        if key not in self._cache:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            # the engine's own GPU model always takes part, at the engine's own price
+            candidates = {**self._facts.whatif_gpus(), gpu.name: (gpu, price_per_gpu_hour)}
+            self._cache[key] = whatif.what_if(model, candidates, load, self._slo, calibration, gpu.name, kv_dtype)
+        return self._cache[key]
+
+
+def _sig2(value: float) -> float:
+    """Two significant digits (what-if inputs: a load that moves by a few percent gives the same answer)."""
+    return float(f"{value:.2g}")
+
+
+def _round(value: float | None) -> float | None:
+    return _sig2(value) if value is not None else None

@@ -126,14 +126,16 @@ class Calibration:
 
     @classmethod
     def observed(cls, mbu: float | None, expected_ttft_seconds: float | None, observed_ttft_seconds: float | None,
-                 source: str = "") -> Calibration:
+                 source: str = "", queue_seconds: float | None = None) -> Calibration:
         """From what the exporter reports for a watched engine: its analytic MBU (decode) and its
-        roofline TTFT over its observed TTFT median (prefill). Missing or non-positive inputs leave
+        roofline TTFT over its observed TTFT median less the median queue time (prefill; TTFT counts
+        the wait in the queue, which is load, not prefill speed). Missing or non-positive inputs leave
         that phase on the roofline. (The windowed MFU is not an efficiency: it counts idle time.)"""
         decode = mbu if mbu is not None and math.isfinite(mbu) and mbu > 0 else None
         prefill = None
         if expected_ttft_seconds and observed_ttft_seconds and observed_ttft_seconds > 0:
-            ratio = expected_ttft_seconds / observed_ttft_seconds
+            spent = observed_ttft_seconds - (queue_seconds or 0.0)
+            ratio = expected_ttft_seconds / spent if spent > 0 else math.nan
             prefill = ratio if math.isfinite(ratio) and ratio > 0 else None
         return cls(decode, prefill, source)
 
