@@ -401,9 +401,31 @@ def fleet_cost() -> dict[str, Any]:
         ])], description="Right-sizing state per engine (docs/analytic-model.md, section 5), its GPUs and its "
                          "cost, one row per engine."),
     )
+    whatif_cost = engine("infermeter_whatif_cost_dollars_per_hour")
+    whatif_best = engine("infermeter_whatif_best_gpu_info")
+    whatif_savings = engine("infermeter_whatif_savings_dollars_per_hour")
+    by_gpu_model = f"{by_engine}, gpu_model"
+    what_if = row(
+        "What if we ran this on another GPU model",
+        table("What if we ran this on …", ["instance", "engine", "model", "gpu_model", "tensor_parallel"], [
+            Column("GPUs needed", COUNT, f"max by ({by_gpu_model}) ({engine('infermeter_whatif_gpus_needed')})"),
+            Column("$/hour", USD, f"max by ({by_gpu_model}) ({whatif_cost})"),
+            Column("advice", NONE, f"max by ({by_gpu_model}, tensor_parallel, basis) ({whatif_best})"),
+        ], h=10, overrides=[override_by_name("advice", [
+            ("custom.cellOptions", {"type": "color-text"}),
+            ("mappings", [{"type": "value", "options": {"1": {"text": "cheapest", "color": "green", "index": 0}}}]),
+        ])], description="Each engine's observed load over the window, planned on every candidate GPU model "
+                             "within the SLO targets, with the engine's observed efficiency where known "
+                             "(docs/planning.md). A GPU model that cannot serve the load is missing."),
+        timeseries("Savings from the cheapest GPU model per hour", USD, [target(whatif_savings, ENGINE_LEGEND)],
+                   description="What the engine's own GPU model, planned for the same load, costs per hour minus "
+                               "the cheapest GPU model's cost (InfermeterCheaperGPUAvailable fires above "
+                               "--whatif-savings-threshold-ratio of it for 6 hours)."),
+    )
     return dashboard("infermeter-fleet-cost", "infermeter / Fleet cost and right-sizing",
-                     "What the GPUs serving LLMs cost, per model and per request or token, and what right-sizing "
-                     "would save.", [overview, spend, unit_cost, rightsizing])
+                     "What the GPUs serving LLMs cost, per model and per request or token, what right-sizing "
+                     "would save, and what another GPU model would cost.",
+                     [overview, spend, unit_cost, rightsizing, what_if])
 
 
 def latency_panel(title: str, summary: str, expected: str | None = None, slo: str | None = None,
