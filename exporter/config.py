@@ -15,7 +15,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +33,11 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class EngineTarget:
-    """An inference server to read: its name (a label value) and base URL."""
+    """An inference server to read: its name (a label value), base URL and pinned model (--engine-model)."""
 
     name: str
     url: str
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,13 @@ def _engine_gpus(raw: object) -> tuple[str, tuple[int, ...]]:
     return name.strip(), gpus
 
 
+def _engine_model(raw: object) -> tuple[str, str]:
+    engine, sep, model = str(raw).strip().partition("=")
+    if not sep or not engine.strip() or not model.strip():
+        raise ValueError(f"expected ENGINE=NAME (an engine name, the model to follow), got {raw!r}")
+    return engine.strip(), model.strip()
+
+
 def _path(raw: object) -> str:
     return str(raw)
 
@@ -293,11 +301,16 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("engine", "Base URL of an inference server, e.g. http://127.0.0.1:8000; repeatable. NAME (a label "
             "value) defaults to host:port. Reads URL/metrics and the identity endpoint (vLLM /v1/models, "
-            "TGI /info); the engine kind is detected from the metric names.",
+            "TGI /info, SGLang /v1/models and /server_info; Triton has none); the engine kind (vLLM, TGI, Triton, "
+            "SGLang) is detected from the metric names.",
             _engine, (), "[NAME=]URL", repeatable=True),
     Setting("engine-gpus", "GPU indices an engine uses (tensor parallel); repeatable. Without it one engine owns "
             "every GPU, and several engines split the GPUs in order.",
             _engine_gpus, (), "NAME=0,1", repeatable=True),
+    Setting("engine-model", "Model to follow on an engine that serves several (Triton), e.g. trt=tensorrt_llm; "
+            "repeatable. Default: the model with the largest cumulative request duration. A read fails while the "
+            "model is absent; vLLM, TGI and SGLang serve one model and only check it (docs/engines.md).",
+            _engine_model, (), "ENGINE=NAME", repeatable=True),
     Setting("listen", "Address to serve /metrics on.", _listen, f"0.0.0.0:{DEFAULT_PORT}", "HOST:PORT"),
     Setting("interval", "Collection period in seconds.", _positive_seconds, 5.0, "SECONDS"),
     Setting("window", "Sliding window in seconds for rates and quantiles.", _positive_seconds, 300.0, "SECONDS"),
@@ -347,7 +360,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infermeter",
-        description="Prometheus exporter for GPU nodes serving LLMs (NVML + vLLM/TGI). "
+        description="Prometheus exporter for GPU nodes serving LLMs (NVML + vLLM/TGI/Triton/SGLang). "
                     "Every flag also reads INFERMETER_<FLAG> and a key in --config. "
                     "Also: `infermeter report --help` (a right-sizing report from a running exporter).",
         argument_default=argparse.SUPPRESS,
@@ -414,6 +427,8 @@ def _split_env_list(text: str) -> list[str]:
 
 
 def _file_list(setting: Setting, value: object) -> list[object]:
+    if setting.name == "engine-model" and isinstance(value, Mapping):
+        return [f"{name}={model}" for name, model in value.items()]
     if setting.name == "engine-gpus" and isinstance(value, Mapping):
         return [f"{name}={','.join(str(i) for i in (gpus if isinstance(gpus, list) else [gpus]))}"
                 for name, gpus in value.items()]
@@ -472,6 +487,15 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
             raise ConfigError(f"--engine-gpus ({raw['engine-gpus'][1]}): no engine named {name!r}; "
                               f"engines are: {', '.join(names) or 'none (add --engine)'}")
         gpu_map[name] = gpus
+    pins: dict[str, str] = {}
+    for name, model in values["engine-model"]:
+        if name not in names:
+            raise ConfigError(f"--engine-model ({raw['engine-model'][1]}): no engine named {name!r}; "
+                              f"engines are: {', '.join(names) or 'none (add --engine)'}")
+        if pins.setdefault(name, model) != model:
+            raise ConfigError(f"--engine-model ({raw['engine-model'][1]}): engine {name!r} is pinned to two models, "
+                              f"{pins[name]!r} and {model!r}")
+    engines = [replace(e, model=pins.get(e.name)) for e in engines]
 
     interval: float = values["interval"]
     window: float = values["window"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from exporter.catalog import markdown_table
 from exporter.config import markdown_reference
 from exporter.sources.engines import markdown_mapping
+from tools.engine_support import markdown_support
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -31,3 +32,7 @@ def test_cli_reference_is_generated_from_the_settings() -> None:
 def test_engine_mapping_in_docs_is_generated_from_the_adapters() -> None:
     assert _block("mapping", ROOT / "docs" / "engines.md") == markdown_mapping(), \
         "run: python3 tools/update_docs.py"
+
+
+def test_engine_support_table_is_generated_from_the_adapters_and_fixtures() -> None:
+    assert _block("engines") == markdown_support(), "run: python3 tools/update_docs.py"

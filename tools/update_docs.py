@@ -16,10 +16,12 @@ sys.path.insert(0, str(ROOT))
 from exporter.catalog import markdown_table  # noqa: E402
 from exporter.config import markdown_reference  # noqa: E402
 from exporter.sources.engines import markdown_mapping  # noqa: E402
+from tools.engine_support import markdown_support  # noqa: E402
 
 BLOCKS: tuple[tuple[str, str, Callable[[], str]], ...] = (
     ("README.md", "cli", markdown_reference),
     ("README.md", "metrics", markdown_table),
+    ("README.md", "engines", markdown_support),
     ("docs/engines.md", "mapping", markdown_mapping),
 )
 

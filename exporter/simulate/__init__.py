@@ -1,9 +1,11 @@
-"""``infermeter simulate``: a simulated vLLM or TGI engine, for watching infermeter without a GPU.
+"""``infermeter simulate``: a simulated vLLM, TGI, Triton or SGLang engine, for watching infermeter without a GPU.
 
-It serves ``/metrics`` shaped exactly like vLLM 0.32's or TGI 3.x's (``exposition``), moved by a
-small deterministic queueing model timed by infermeter's own roofline (``model``, whose docstring
-documents the model and every scenario, with what infermeter shows for each), plus the engine's
-identity endpoints (``/v1/models`` and ``/version``, or ``/info``) and ``/health``. It is plainly a
+It serves ``/metrics`` shaped exactly like vLLM 0.32's, TGI 3.x's (``exposition``), Triton's with a
+TensorRT-LLM ensemble (``triton``) or SGLang's (``sglang``), moved by a small deterministic queueing
+model timed by infermeter's own roofline (``model``, whose docstring documents the model and every
+scenario, with what infermeter shows for each), plus the engine's identity endpoints (vLLM
+``/v1/models`` and ``/version``, TGI ``/info``, SGLang ``/v1/models`` and ``/server_info``; Triton's
+metrics port has none) and ``/health``. It is plainly a
 simulator: the identity endpoints say ``infermeter-simulator`` and the metrics carry
 ``infermeter_simulator_info{scenario,engine_kind} 1``.
 
@@ -67,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     scenarios = "; ".join(f"{s.name}: {s.summary}" for s in SCENARIOS.values())
     parser = argparse.ArgumentParser(
         prog="infermeter simulate",
-        description="Serve a simulated vLLM 0.32 or TGI 3.x engine (metrics, identity, health) under a "
-                    "scenario's load. It is a simulator, and says so on every endpoint.",
+        description="Serve a simulated vLLM 0.32, TGI 3.x, Triton (TensorRT-LLM ensemble) or SGLang engine "
+                    "(metrics, identity, health) under a scenario's load. It is a simulator, and says so on "
+                    "every endpoint.",
         epilog=f"Scenarios: {scenarios}. The model and what infermeter shows for each: "
                "the docstring of exporter/simulate/model.py.")
     parser.add_argument("--engine-kind", required=True, choices=ENGINE_KINDS)

@@ -66,12 +66,12 @@ class EngineSource:
         adapter = detect(text)
         exposition = parse(text, adapter.families)
         now = self._clock()
-        sample = adapter.adapt(exposition, now, self._identity)
+        sample = adapter.adapt(exposition, now, self._identity, model=self.target.model)
         restarted = self._last is not None and counters_went_back(self._last, sample)
         if restarted or adapter.kind != self._identity_kind or now - self._identity_at > IDENTITY_TTL_SECONDS:
             self._identity = self._read_identity(adapter, deadline)
             self._identity_kind, self._identity_at = adapter.kind, now
-            sample = adapter.adapt(exposition, now, self._identity)
+            sample = adapter.adapt(exposition, now, self._identity, model=self.target.model)
         self._last = sample
         return EngineReading(sample, self._identity)
 

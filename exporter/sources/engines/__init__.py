@@ -3,13 +3,17 @@
 Each adapter is mostly data: for every canonical field, the engine's wire names in order of
 preference. During a deprecation window an engine serves the old and the new name with the same
 values; the first name present wins, so nothing is counted twice.
+
+``--engine-model ENGINE=NAME`` pins the model an engine is followed for: Triton (several models per
+server) reads that model alone; the one-model engines check that the model they serve is the pinned
+one. Either way a pinned model that is not there fails the read (``pinned_model_absent``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from exporter.samples import EngineIdentity, EngineSample, Histogram
 from exporter.sources import SourceError
@@ -52,6 +56,14 @@ class EngineNames:
                         return labels[self.model_label]
         return None
 
+    def models_in_labels(self, exposition: Exposition) -> frozenset[str]:
+        """Every model named by the model label on the engine's series."""
+        if self.model_label is None:
+            return frozenset()
+        label = self.model_label
+        return frozenset(labels[label] for name in exposition.names() if name.startswith(self.prefix)
+                         for labels, _ in exposition.series(name) if labels.get(label))
+
     def families(self, *extra: str) -> frozenset[str]:
         """Family base names the adapter reads (what parse() keeps)."""
         names = [*extra, *(n for table in (self.counters, self.gauges, self.histograms)
@@ -70,6 +82,37 @@ class EngineNames:
                             histograms=histograms, model_label=self.model_in_labels(exposition))
 
 
+MODELS_SHOWN = 20  # an error line names at most this many models
+
+
+def pinned_model_absent(model: str, present: Iterable[str]) -> SourceError:
+    """The one-line error of a read whose pinned model (--engine-model) is not in the engine's metrics."""
+    names = sorted(set(present))
+    shown = ", ".join(repr(n) for n in names[:MODELS_SHOWN])
+    more = f" and {len(names) - MODELS_SHOWN} more" if len(names) > MODELS_SHOWN else ""
+    return SourceError(f"model {model!r} (--engine-model) is not in the engine's metrics; models there: "
+                       f"{shown or 'none'}{more}")
+
+
+def check_pin(model: str | None, present: Iterable[str]) -> None:
+    """For engines that serve one model: raise when a pin names another model than the one they report.
+    Nothing is checked while the engine's metrics name no model."""
+    names = frozenset(present)
+    if model is not None and names and model not in names:
+        raise pinned_model_absent(model, names)
+
+
+class Adapt(Protocol):
+    """An adapter's mapping of one exposition to a canonical sample.
+
+    ``identity`` is the engine's last identity (empty before the first read of it); ``model`` is the model
+    pinned with --engine-model (None: the adapter's own choice).
+    """
+
+    def __call__(self, exposition: Exposition, timestamp: float, identity: EngineIdentity | None, /, *,
+                 model: str | None = None) -> EngineSample: ...
+
+
 @dataclass(frozen=True)
 class Adapter:
     """Everything infermeter knows about one engine kind."""
@@ -79,7 +122,7 @@ class Adapter:
     families: frozenset[str]
     identity_paths: tuple[str, ...]
     identity: Callable[[Mapping[str, Any]], EngineIdentity]
-    adapt: Callable[[Exposition, float, EngineIdentity | None], EngineSample]
+    adapt: Adapt
 
     @property
     def kind(self) -> str:

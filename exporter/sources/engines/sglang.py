@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import Adapter, EngineNames
+from exporter.sources.engines import Adapter, EngineNames, check_pin
 from exporter.sources.exposition import Exposition, Labels, finite_sum
 
 NAMES = EngineNames(
@@ -144,7 +144,9 @@ def _replicas(exposition: Exposition) -> float | None:
     return None
 
 
-def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None) -> EngineSample:
+def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None, *,
+          model: str | None = None) -> EngineSample:
+    check_pin(model, NAMES.models_in_labels(exposition))  # one model per server: a pin is only checked
     deduplicated = one_scheduler_per_replica(exposition)
     base = NAMES.sample(deduplicated, timestamp)
     counters = dict(base.counters)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import Adapter, EngineNames
+from exporter.sources.engines import Adapter, EngineNames, check_pin
 from exporter.sources.exposition import Exposition
 
 NAMES = EngineNames(
@@ -38,7 +38,10 @@ NAMES = EngineNames(
 BATCH_TOKENS = "tgi_batch_current_max_tokens"
 
 
-def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None) -> EngineSample:
+def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None, *,
+          model: str | None = None) -> EngineSample:
+    # one model per server and no model label: a pin is checked against /info's model_id once it is read
+    check_pin(model, (identity.model,) if identity is not None and identity.model else ())
     base = NAMES.sample(exposition, timestamp)
     gauges = dict(base.gauges)
     capacity = identity.max_batch_total_tokens if identity else None

@@ -25,6 +25,10 @@ request counters, latencies and the ``model`` label come from ONE model, the one
 cumulative request duration (the outermost: an ensemble's duration contains its steps'). The
 TensorRT-LLM families come from the TensorRT-LLM model (the same rule among the models that serve
 them). Series of one model (versions, GPU instances) are added.
+
+``--engine-model ENGINE=NAME`` pins the model: then every field comes from that model alone (its
+TensorRT-LLM families only if it serves them itself: nothing in the metrics says which ensemble calls
+which model), and a read where it is absent fails with the models that are there.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample, Histogram
-from exporter.sources.engines import Adapter, EngineNames
+from exporter.sources.engines import Adapter, EngineNames, pinned_model_absent
 from exporter.sources.exposition import Exposition, finite_sum
 
 SUCCESS = "nv_inference_request_success"
@@ -189,23 +193,35 @@ def _trtllm(model: Exposition, counters: dict[str, float], gauges: dict[str, flo
             counters[field_name] = tokens
 
 
-def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None) -> EngineSample:
+def models(exposition: Exposition) -> set[str]:
+    """Every model named on the samples read (Triton creates a model's series when it loads the model)."""
+    return {model for name in exposition.names() for labels, _ in exposition.series(name)
+            if (model := labels.get("model"))}
+
+
+def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None, *,
+          model: str | None = None) -> EngineSample:
     counters: dict[str, float] = {}
     gauges: dict[str, float] = {}
     histograms: dict[str, Histogram] = {}
-    served = outermost(exposition)
+    if model is not None and model not in models(exposition):
+        raise pinned_model_absent(model, models(exposition))
+    served = outermost(exposition) if model is None else model
     if served is not None:
-        model = only(exposition, served)
         successes = per_model(exposition, SUCCESS).get(served)
         if successes is not None:
             counters["requests_finished"] = successes
-        histograms = _latencies(model, successes)
+        histograms = _latencies(only(exposition, served), successes)
     llms = set(per_model(exposition, TRT_KV)) | set(per_model(exposition, TRT_REQUESTS))
-    llm = outermost(exposition, llms) if llms else None
+    candidates = llms if model is None else llms & {model}  # pinned: its own TensorRT-LLM families, if any
+    llm = outermost(exposition, candidates) if candidates else None
     if llm is not None:
         _trtllm(only(exposition, llm), counters, gauges)
     else:
+        # unpinned: every model's queue (an ensemble is never pending itself, its steps are)
         pending = per_model(exposition, PENDING)
+        if model is not None:
+            pending = {model: pending[model]} if model in pending else {}
         waiting = finite_sum(list(pending.values())) if pending else None
         if waiting is not None:
             gauges["requests_waiting"] = waiting

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import Adapter, EngineNames
+from exporter.sources.engines import Adapter, EngineNames, check_pin
 from exporter.sources.exposition import Exposition, finite_sum
 
 NAMES = EngineNames(
@@ -105,7 +105,9 @@ def kv_usage(exposition: Exposition, capacity: Mapping[str, float]) -> float | N
     return None
 
 
-def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None) -> EngineSample:
+def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | None = None, *,
+          model: str | None = None) -> EngineSample:
+    check_pin(model, NAMES.models_in_labels(exposition))  # one model per server: a pin is only checked
     base = NAMES.sample(exposition, timestamp)
     capacity = kv_capacity_by_rank(exposition)
     counters = dict(base.counters)
