@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from exporter.catalog import BY_NAME, MetricSpec
+from exporter.sources.engines import adapters
+from exporter.sources.exposition import family_base
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"
@@ -29,9 +31,11 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 RUNBOOK_BASE = "https://github.com/infermeter/infermeter/blob/main/docs/runbooks.md#"
 
 SEVERITIES = {"info", "warning", "critical"}
-# Metrics the engines serve themselves (scraped by Prometheus directly). Add the prefix of each
-# engine adapter added later (e.g. "sglang:") together with its recording rules.
-ENGINE_PREFIXES = ("vllm:", "tgi_")
+# Metrics the engines serve themselves (scraped by Prometheus directly), by the prefix each engine
+# adapter detects its kind by (exporter/sources/engines/): vllm:, tgi_, nv_inference_, sglang:.
+ENGINE_FAMILIES = {adapter.names.prefix: adapter.families for adapter in adapters()}
+ENGINE_PREFIXES = tuple(ENGINE_FAMILIES)
+QUANTILES = {"0.5", "0.9", "0.99"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 
@@ -58,11 +62,16 @@ def _load(path: Path) -> Any:
         return yaml.safe_load(handle)
 
 
-def _rules() -> Iterator[tuple[Path, dict[str, Any]]]:
+def _groups() -> Iterator[tuple[Path, dict[str, Any]]]:
     for path in RULE_FILES:
         for group in _load(path)["groups"]:
-            for rule in group["rules"]:
-                yield path, rule
+            yield path, group
+
+
+def _rules() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path, group in _groups():
+        for rule in group["rules"]:
+            yield path, rule
 
 
 ALERTS = [rule for _, rule in _rules() if "alert" in rule]
@@ -198,10 +207,24 @@ def test_every_alert_has_a_runbook_section_and_every_section_an_alert() -> None:
 def test_recording_rule_names_follow_level_metric_operations() -> None:
     for name in RECORDED_NAMES:
         parts = name.split(":")
-        # level:metric:operations; a vLLM metric name has a colon of its own (vllm:...)
+        # level:metric:operations; a vLLM or SGLang metric name has a colon of its own (vllm:..., sglang:...)
         assert len(parts) in (3, 4), name
         assert all(parts), name
-        assert len(parts) == 3 or parts[1] == "vllm", name
+        assert len(parts) == 3 or parts[1] + ":" in ENGINE_PREFIXES, name
+
+
+def test_every_engine_has_a_latency_group_with_three_quantiles_per_histogram() -> None:
+    """One infermeter-<kind>-latency.rules group per engine adapter; every <level>_le:<histogram>_bucket:rate5m
+    rule feeds quantile rules for 0.5, 0.9 and 0.99 (Triton's quantiles are converted from ms to seconds)."""
+    groups = {group["name"]: group["rules"] for _, group in _groups()}
+    for adapter in adapters():
+        assert f"infermeter-{adapter.kind}-latency.rules" in groups, adapter.kind
+    buckets = [rule["record"] for rule in RECORDS if rule["record"].endswith("_bucket:rate5m")]
+    assert buckets
+    for record in buckets:
+        quantiles = {str(rule.get("labels", {}).get("quantile")) for rule in RECORDS
+                     if re.search(rf"histogram_quantile\(\s*[\d.]+\s*,\s*{re.escape(record)}\s*\)", rule["expr"])}
+        assert quantiles == QUANTILES, (record, quantiles)
 
 
 # --- only real metrics and labels ---------------------------------------------------------------
@@ -213,14 +236,28 @@ def test_the_selector_reader_finds_names_and_labels() -> None:
     assert list(template_queries('{{ with printf "m{a=%q,q=\\"0.5\\"}" $labels.a | query }}')) == ['m{a=%q,q="0.5"}']
 
 
+def _engine_family(metric: str) -> bool:
+    """True when ``metric`` is a family an engine adapter reads (its own names, never from memory)."""
+    return any(metric.startswith(prefix) and family_base(metric) in families
+               for prefix, families in ENGINE_FAMILIES.items())
+
+
 def test_every_metric_is_served_by_infermeter_an_engine_or_a_recording_rule() -> None:
     unknown = []
     for where, expr in _expressions():
         for metric, _ in selectors(expr):
-            if _spec(metric) or metric.startswith(ENGINE_PREFIXES) or metric in RECORDED_NAMES:
+            if _spec(metric) or _engine_family(metric) or metric in RECORDED_NAMES:
                 continue
             unknown.append(f"{where}: {metric}")
     assert not unknown, unknown
+
+
+def test_the_engine_family_check_knows_each_engines_names() -> None:
+    assert _engine_family("sglang:queue_time_seconds_bucket")
+    assert _engine_family("nv_inference_request_duration_us")
+    assert _engine_family("nv_inference_request_summary_us_count")
+    assert not _engine_family("sglang:time_to_first_token_ms_bucket")  # a name the adapter never reads
+    assert not _engine_family("nv_inference_compute_infer_duration_us")
 
 
 def test_infermeter_selectors_match_only_labels_the_metric_has() -> None:

@@ -1,11 +1,12 @@
 """Proof against a real Prometheus: the shipped rules and dashboards answer, and the alerts fire.
 
 Debian's `prometheus` server runs on loopback with the shipped rule files (the alerts' `for:` cut to a
-few seconds), scraping three `infermeter` processes, each reading a simulator scenario
-(`infermeter simulate`) on fake H100s, and the simulators themselves (the recording rules over the
-engines' own histograms). Then every recording rule and every dashboard query must return data, the
-matching alert must be pending or firing for `overprovisioned` and `memory-bound`, and no right-sizing
-alert for `balanced`.
+few seconds), scraping one `infermeter` process per engine, each reading a simulator (`infermeter
+simulate`: three vLLM scenarios, TGI, Triton and SGLang) on fake H100s, and the simulators themselves
+(the recording rules over the engines' own metrics). Then every recording rule and every dashboard
+query must return data, every dashboard query that selects engines must answer for each engine kind
+(but for what the kind cannot provide, listed in ABSENT_BY_KIND), the matching alert must be pending
+or firing for `overprovisioned` and `memory-bound`, and no right-sizing alert for `balanced`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,55 @@ from tests.process import ROOT, ExporterProcess, free_port, wait_for
 ALERTS = ROOT / "alerts"
 # engine name -> (engine kind, scenario, H100s)
 ENGINES = {"balanced": ("vllm", "balanced", 1), "overprovisioned": ("vllm", "overprovisioned", 4),
-           "memory-bound": ("vllm", "memory-bound", 1), "tgi": ("tgi", "balanced", 1)}
+           "memory-bound": ("vllm", "memory-bound", 1), "tgi": ("tgi", "balanced", 1),
+           "triton": ("triton", "balanced", 1), "sglang": ("sglang", "balanced", 1)}
+# One engine of each kind, whose dashboard coverage is checked engine by engine.
+PER_KIND = ("balanced", "tgi", "triton", "sglang")
 RIGHT_SIZING_ALERTS = {"InfermeterDeploymentOverProvisioned", "InfermeterDeploymentMemoryBound"}
 SLO_ALERTS = {"InfermeterTTFTSLOBreach", "InfermeterTPOTSLOBreach"}
 MODEL = "meta-llama/Llama-3.1-8B"
 GPU = "NVIDIA H100 80GB HBM3"
+# Triton's `model` label is the Triton model's name (the simulator serves the usual TensorRT-LLM
+# `ensemble`), which names no architecture: without --model-config the exporter logs that and leaves
+# expected performance, MBU/MFU, TPOT efficiency and right-sizing absent (docs/engines.md, Triton). The
+# simulator runs MODEL, so the exporter is given MODEL's built-in config.json.
+MODEL_CONFIGS = {"triton": ROOT / "exporter" / "facts" / "models" / "meta-llama--Llama-3.1-8B.json"}
+
+# (engine kind, panel title) -> (the metric the kind does not provide, why). A dashboard target of that
+# panel that selects the metric may be empty for that kind; every other engine target must answer.
+# Keep it minimal: an empty series the kind's adapter does provide is a bug, not an entry here.
+TTFT, TPOT, E2E, QUEUE = (f"infermeter_{m}_seconds" for m in ("time_to_first_token", "time_per_output_token",
+                                                                 "e2e_request_latency", "queue_time"))
+PREEMPTIONS, PREFIX, EFFICIENCY = ("infermeter_preemptions_per_second", "infermeter_prefix_cache_hit_ratio",
+                                   "infermeter_tpot_efficiency_ratio")
+NO_TPOT_EFFICIENCY = "expected TPOT over the observed median TPOT: absent with the TPOT"
+ABSENT_BY_KIND: dict[tuple[str, str], tuple[str, str]] = {
+    ("tgi", "Time to first token"): (TTFT, "TGI has no time-to-first-token histogram"),
+    ("tgi", "Preemptions per second"): (PREEMPTIONS, "TGI reports no preemptions"),
+    ("tgi", "Prefix cache hit ratio"): (PREFIX, "TGI reports no prefix-cache hits"),
+    ("triton", "Time per output token"): (TPOT, "Triton core and the TensorRT-LLM backend have no TPOT or "
+                                                "inter-token histogram"),
+    ("triton", "TPOT efficiency"): (EFFICIENCY, NO_TPOT_EFFICIENCY),
+    ("triton", "Lowest TPOT efficiency"): (EFFICIENCY, NO_TPOT_EFFICIENCY),
+    ("triton", "Memory bandwidth utilisation (MBU)"): (
+        "infermeter_memory_bandwidth_utilization_ratio",
+        "analytic MBU needs the decode step time (inter-token or TPOT histogram), which Triton lacks; "
+        "source=engine is vLLM's own estimate"),
+    ("triton", "End-to-end request latency"): (E2E, "mean only (_sum/_count): Triton's request duration is a "
+                                                    "microsecond counter, no quantile"),
+    ("triton", "Queue time"): (QUEUE, "mean only (_sum/_count): Triton's queue duration is a microsecond counter, "
+                                      "no quantile"),
+    ("triton", "Preemptions per second"): (PREEMPTIONS, "TensorRT-LLM reports no preemptions"),
+    ("triton", "Prefix cache hit ratio"): (PREFIX, "Triton reports no prefix-cache hits"),
+    ("sglang", "Time per output token"): (TPOT, "the SGLang builds read serve no per-request TPOT histogram "
+                                                "(request_time_per_output_token_seconds), only inter-token latency"),
+    ("sglang", "TPOT efficiency"): (EFFICIENCY, NO_TPOT_EFFICIENCY),
+    ("sglang", "Lowest TPOT efficiency"): (EFFICIENCY, NO_TPOT_EFFICIENCY),
+    # sgl-project/sglang python/sglang/srt/metrics/collector.py @ 00ae9c15: increment_retracted_reqs() creates the
+    # labelled series at the first retraction (multiprocess mode writes nothing before)
+    ("sglang", "Preemptions per second"): (PREEMPTIONS, "sglang:num_retracted_requests_total appears at the first "
+                                                        "retraction, and the balanced scenario retracts none"),
+}
 
 
 @dataclass
@@ -90,8 +135,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 for gpu in nvml["gpus"]:
                     gpu["utilization_gpu"] = 1
             dead = ["--engine", f"dead=http://127.0.0.1:{free_port()}"] if name == "balanced" else []
+            model_config = ["--model-config", f"{name}={MODEL_CONFIGS[name]}"] if name in MODEL_CONFIGS else []
             exporter = ExporterProcess(
-                ["--interval", "1", "--window", "20", "--engine", f"{name}={engine}", *dead, "--gpu-hourly-cost", "3",
+                ["--interval", "1", "--window", "20", "--engine", f"{name}={engine}", *dead, *model_config,
+                 "--gpu-hourly-cost", "3",
                  "--slo-ttft-seconds", "1", "--slo-tpot-seconds", "0.05", "--budget-cost-per-request-dollars",
                  "0.01"], tmp, nvml_spec=nvml)
             exporters[name] = exporter
@@ -159,6 +206,61 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     empty = [f"{dashboard} / {panel}: {expr}" for dashboard, panel, expr in queries
              if not _query(stack.url, expr)]
     assert not empty, "dashboard queries with no data:\n" + "\n".join(empty)
+
+
+ENGINE_ANY = 'engine=~".*"'
+Target = tuple[str, str, str]  # dashboard, panel, PromQL narrowed to one engine
+
+
+@dataclass
+class Coverage:
+    answered: list[Target]
+    listed: list[Target]  # empty, and ABSENT_BY_KIND says the kind cannot provide it
+    empty: list[Target]
+
+
+@pytest.fixture(scope="module")
+def coverage(stack: Stack) -> dict[str, Coverage]:
+    """Each PER_KIND engine's dashboard targets that select engines, narrowed to that engine."""
+    from dashboards import generate
+
+    queries = [q for q in generate.all_queries() if ENGINE_ANY in q[2]]  # the others are not per engine
+    assert queries
+    result = {}
+    for name in PER_KIND:
+        kind, found = ENGINES[name][0], Coverage([], [], [])
+        for dashboard, panel, expr in queries:
+            narrowed = (dashboard, panel, expr.replace(ENGINE_ANY, f'engine=~"{name}"'))
+            absent = ABSENT_BY_KIND.get((kind, panel))
+            if _query(stack.url, narrowed[2]):
+                found.answered.append(narrowed)
+            elif absent and absent[0] in narrowed[2]:
+                found.listed.append(narrowed)
+            else:
+                found.empty.append(narrowed)
+        result[name] = found
+    return result
+
+
+def test_every_dashboard_engine_query_answers_for_each_engine_kind(coverage: dict[str, Coverage]) -> None:
+    assert {kind for kind, _ in ABSENT_BY_KIND} <= {ENGINES[name][0] for name in PER_KIND}
+    report = [f"{ENGINES[name][0]:>7} ({name}): {len(c.answered)} answer, {len(c.empty)} empty, "
+              f"{len(c.listed)} absent as listed ({', '.join(sorted({panel for _, panel, _ in c.listed})) or '-'})"
+              for name, c in coverage.items()]
+    empty = [f"  {name}: {dashboard} / {panel}: {expr}"
+             for name, c in coverage.items() for dashboard, panel, expr in c.empty]
+    assert not empty, "per-engine coverage:\n" + "\n".join(report) + "\nempty for an engine:\n" + "\n".join(empty)
+    print("\nper-engine dashboard coverage:\n" + "\n".join(report))  # shown with pytest -s
+
+
+def test_each_listed_absence_is_still_absent(coverage: dict[str, Coverage]) -> None:
+    """An ABSENT_BY_KIND entry whose targets all answer is stale: remove it (keeps the list minimal)."""
+    stale = []
+    for (kind, panel), (metric, _) in ABSENT_BY_KIND.items():
+        name = next(n for n in PER_KIND if ENGINES[n][0] == kind)
+        if not any(p == panel and metric in expr for _, p, expr in coverage[name].listed):
+            stale.append(f"{kind} / {panel} ({metric})")
+    assert not stale, f"listed as absent but answering: {stale}"
 
 
 def _alerts(url: str) -> list[dict[str, Any]]:
