@@ -429,10 +429,16 @@ def fleet_cost() -> dict[str, Any]:
 
 
 def latency_panel(title: str, summary: str, expected: str | None = None, slo: str | None = None,
-                  description: str = "") -> dict[str, Any]:
-    """p50/p95/p99 of an infermeter summary, with the roofline expectation and the SLO when there are."""
+                  description: str = "", mean: bool = False) -> dict[str, Any]:
+    """p50/p95/p99 of an infermeter summary, with the roofline expectation and the SLO when there are;
+    ``mean`` adds rate(_sum) / rate(_count), which engines without buckets (Triton's duration counters)
+    also give."""
     targets = [target(engine(summary, f'quantile="{q}"'), f"{ENGINE_LEGEND} p{p}")
                for q, p in (("0.5", 50), ("0.95", 95), ("0.99", 99))]
+    if mean:
+        targets.append(target(f"rate({engine(summary + '_sum')}[$__rate_interval])"
+                              f" / (rate({engine(summary + '_count')}[$__rate_interval]) > 0)",
+                              f"{ENGINE_LEGEND} mean"))
     if expected is not None:
         targets.append(target(engine(expected), ENGINE_LEGEND + " expected"))
     if slo is not None:
@@ -476,9 +482,12 @@ def deployment() -> dict[str, Any]:
                       "Quantiles over the exporter's window; dashed: the roofline decode step at the observed "
                       "batch and context, and the --slo-tpot-seconds target."),
         latency_panel("End-to-end request latency", "infermeter_e2e_request_latency_seconds",
-                      description="Quantiles of the engine's request latency over the exporter's window."),
+                      description="Quantiles of the engine's request latency over the exporter's window, and the "
+                                  "mean from the engine's cumulative _sum and _count (Triton reports only the mean).",
+                      mean=True),
         latency_panel("Queue time", "infermeter_queue_time_seconds",
-                      description="Quantiles of the time requests waited in the engine's queue."),
+                      description="Quantiles of the time requests waited in the engine's queue, and the mean "
+                                  "(Triton reports only the mean).", mean=True),
     )
     throughput = row(
         "Throughput",
