@@ -132,7 +132,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     _engine("expected_time_to_first_token_seconds", "gauge", "seconds",
             "Roofline prefill time of the observed mean prompt " + WINDOW_NOTE + ", without queueing."),
     _engine("tpot_efficiency_ratio", "gauge", "ratio",
-            "Expected time per output token over the observed median (1 = at the roofline)."),
+            "Expected time per output token over the observed median (1 = at the roofline); the median "
+            "inter-token latency where the engine has no time-per-output-token histogram (SGLang)."),
     _engine("memory_bandwidth_utilization_ratio", "gauge", "ratio",
             "MBU: bytes moved per second over the GPUs' peak bandwidth (source=analytic from the model and the "
             "observed step time; source=engine from vLLM's own estimate).", (*ENGINE_LABELS, "source")),

@@ -307,6 +307,18 @@ def test_efficiency_mbu_and_mfu() -> None:
     assert "engine" not in result.mbu  # vLLM's own estimate only where it reports it
 
 
+def test_without_a_tpot_histogram_the_inter_token_median_stands_in() -> None:
+    # SGLang serves inter-token latency but no per-request TPOT histogram: the ITL median (15 ms) is used
+    window = stats(running=32, kv_usage=0.25, generation_tps=2000, rps=2, itl=0.015)
+    result = analyse(window, deployment(), [0.9], None)
+    assert result.expected_tpot_seconds is not None
+    assert result.tpot_efficiency_ratio == pytest.approx(result.expected_tpot_seconds / 0.015)
+    # with both, the per-request TPOT wins (18 ms)
+    both = analyse(stats(running=32, kv_usage=0.25, generation_tps=2000, rps=2, itl=0.015, tpot_median=0.018),
+                   deployment(), [0.9], None)
+    assert both.tpot_efficiency_ratio == pytest.approx(both.expected_tpot_seconds / 0.018)  # type: ignore[operator]
+
+
 def test_engine_reported_flops_and_bytes_beside_the_analytic_estimate() -> None:
     window = stats(running=8, kv_usage=0.1, generation_tps=1000, rps=1, itl=0.008,
                    extra_rates={"engine_flops_per_gpu": 2.0e13, "engine_read_bytes_per_gpu": 1.675e12})

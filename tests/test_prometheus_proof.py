@@ -74,8 +74,6 @@ ABSENT_BY_KIND: dict[tuple[str, str], tuple[str, str]] = {
     ("triton", "Prefix cache hit ratio"): (PREFIX, "Triton reports no prefix-cache hits"),
     ("sglang", "Time per output token"): (TPOT, "the SGLang builds read serve no per-request TPOT histogram "
                                                 "(request_time_per_output_token_seconds), only inter-token latency"),
-    ("sglang", "TPOT efficiency"): (EFFICIENCY, NO_TPOT_EFFICIENCY),
-    ("sglang", "Lowest TPOT efficiency"): (EFFICIENCY, NO_TPOT_EFFICIENCY),
     # sgl-project/sglang python/sglang/srt/metrics/collector.py @ 00ae9c15: increment_retracted_reqs() creates the
     # labelled series at the first retraction (multiprocess mode writes nothing before)
     ("sglang", "Preemptions per second"): (PREEMPTIONS, "sglang:num_retracted_requests_total appears at the first "

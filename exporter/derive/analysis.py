@@ -120,7 +120,8 @@ def observed_load(stats: EngineStats, replicas: int = 1) -> Load:
     else:
         context = DEFAULT_CONTEXT_TOKENS
     itl = stats.latency.get("inter_token_latency") or stats.latency.get("time_per_output_token")
-    tpot = stats.latency.get("time_per_output_token")
+    # engines without a per-request TPOT histogram (SGLang): the inter-token latency, the same decode step
+    tpot = stats.latency.get("time_per_output_token") or stats.latency.get("inter_token_latency")
     return Load(batch=max(running / max(replicas, 1), 1.0), context=context, prompt_tokens_per_second=prompt_tps,
                 generation_tokens_per_second=generation_tps, requests_per_second=rps,
                 mean_prompt_tokens=mean_prompt, kv_tokens=kv_tokens,
