@@ -48,3 +48,35 @@ def write_spec(path: str | Path, spec: dict[str, Any]) -> Path:
     out = Path(path)
     out.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     return out
+
+
+def h100_sxm_full_gpu(index: int, pid: int | None = None) -> dict[str, Any]:
+    """:func:`h100_gpu` plus what other NVML clients (nvitop) read: encoder/decoder, PCIe, NVLink
+    (18 links on an H100 SXM), video clock, MIG mode, per-process utilization. No fan: an H100 SXM
+    has none (NVML answers NOT_SUPPORTED). ``pid``: the process on the GPU (a real one, so that a
+    client that looks the process up on the host finds it)."""
+    gpu = h100_gpu(index)
+    gpu.update({
+        "encoder_utilization": 0,
+        "decoder_utilization": 0,
+        "pcie_tx_kib_s": 1_200 + index,
+        "pcie_rx_kib_s": 3_400 + index,
+        "mem_clock_mhz": 2619,
+        "video_clock_mhz": 1755,
+        "mig_mode": 0,
+        "performance_state": 0,
+        "nvlink_links": 18,
+        "nvlink_kib_s": 20_000_000,
+    })
+    process = {"pid": 4242 + index if pid is None else pid, "used_memory": 69_000_000_000,
+               "sm_util": 80 - index, "mem_util": 45}
+    gpu["processes"] = [process]
+    return gpu
+
+
+def h100_bench_node(n_gpus: int, call_delay_seconds: float, pids: list[int] | None = None) -> dict[str, Any]:
+    """``n_gpus`` H100 SXMs as :func:`h100_sxm_full_gpu`, where every NVML call (any client) sleeps
+    ``call_delay_seconds``, the cost of a real driver call; GPU i runs ``pids[i % len(pids)]``."""
+    gpus = [h100_sxm_full_gpu(i, pids[i % len(pids)] if pids else None) for i in range(n_gpus)]
+    return {"missing": False, "driver_version": DRIVER_VERSION, "cuda_driver_version": 13000,
+            "call_delay_seconds": call_delay_seconds, "gpus": gpus}

@@ -11,6 +11,7 @@ every ``nvmlInit`` (unless :func:`configure` was called in-process, which then w
       "driver_version": "580.95.05",
       "errors": {"init": "DRIVER_NOT_LOADED", "count": "UNKNOWN", "driver_version": "NOT_SUPPORTED"},
       "return_bytes": false,            # true: strings come back as bytes (old pynvml)
+      "call_delay_seconds": 0,          # sleep after every NVML call, like a driver call (see the end)
       "gpus": [{
         "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...",
         "utilization_gpu": 87, "utilization_memory": 54,        # percent
@@ -42,13 +43,15 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import json
 import os
 import string
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # -- constants (values as in nvml.h / the real pynvml) -------------------------------------------
 
@@ -302,6 +305,12 @@ def calls() -> list[tuple[str, int | None]]:
         return list(_calls)
 
 
+def clear_calls() -> None:
+    """Forget the NVML calls logged so far (see :func:`calls`)."""
+    with _lock:
+        _calls.clear()
+
+
 def reads(index: int) -> int:
     """How many reads (handle calls) GPU ``index`` has had."""
     with _lock:
@@ -367,6 +376,29 @@ def _top_error(field: str) -> None:
         raise NVMLError(_code(errors[field]))
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _pause() -> None:
+    """Sleep ``call_delay_seconds`` (spec, top level): the cost of one driver call, outside the lock."""
+    delay = float(_spec.get("call_delay_seconds") or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _costed(fn: _F) -> _F:
+    """Every call of ``fn`` (answered or failed) costs ``call_delay_seconds``, like a real driver call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _pause()
+
+    return wrapper  # type: ignore[return-value]
+
+
 # -- API -----------------------------------------------------------------------------------------
 
 
@@ -393,6 +425,7 @@ def nvmlShutdown() -> None:
         _refcount -= 1
 
 
+@_costed
 def nvmlSystemGetDriverVersion() -> str | bytes:
     with _lock:
         _require_init("nvmlSystemGetDriverVersion")
@@ -400,6 +433,7 @@ def nvmlSystemGetDriverVersion() -> str | bytes:
         return _str(str(_spec.get("driver_version", "580.95.05")))
 
 
+@_costed
 def nvmlDeviceGetCount() -> int:
     with _lock:
         _require_init("nvmlDeviceGetCount")
@@ -407,6 +441,7 @@ def nvmlDeviceGetCount() -> int:
         return len(_spec["gpus"])
 
 
+@_costed
 def nvmlDeviceGetHandleByIndex(index: int) -> c_nvmlDevice_t:
     with _lock:
         _require_init("nvmlDeviceGetHandleByIndex", index)
@@ -425,18 +460,21 @@ def nvmlDeviceGetHandleByIndex(index: int) -> c_nvmlDevice_t:
     return c_nvmlDevice_t(index)
 
 
+@_costed
 def nvmlDeviceGetUUID(handle: c_nvmlDevice_t) -> str | bytes:
     with _lock:
         index, gpu = _device_call("nvmlDeviceGetUUID", handle, "uuid")
         return _str(str(gpu.get("uuid") or f"GPU-00000000-0000-0000-0000-{index:012d}"))
 
 
+@_costed
 def nvmlDeviceGetName(handle: c_nvmlDevice_t) -> str | bytes:
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetName", handle, "name")
         return _str(str(gpu.get("name") or "NVIDIA H100 80GB HBM3"))
 
 
+@_costed
 def nvmlDeviceGetUtilizationRates(handle: c_nvmlDevice_t) -> c_nvmlUtilization_t:
     with _lock:
         index, gpu = _device_call("nvmlDeviceGetUtilizationRates", handle, "utilization")
@@ -449,6 +487,7 @@ def nvmlDeviceGetUtilizationRates(handle: c_nvmlDevice_t) -> c_nvmlUtilization_t
         return c_nvmlUtilization_t(gpu=advance("utilization_gpu"), memory=advance("utilization_memory"))
 
 
+@_costed
 def nvmlDeviceGetMemoryInfo(handle: c_nvmlDevice_t, version: int | None = None) -> c_nvmlMemory_t:
     """Like the real driver: v1 ``used`` includes the driver-reserved memory, v2 ``used`` does not
     (nvidia-smi shows the v2 value). ``memory_used`` in the spec is the v2 value."""
@@ -460,18 +499,21 @@ def nvmlDeviceGetMemoryInfo(handle: c_nvmlDevice_t, version: int | None = None) 
         return c_nvmlMemory_t(total=int(_value(gpu, "memory_total")), used=used)
 
 
+@_costed
 def nvmlDeviceGetPowerUsage(handle: c_nvmlDevice_t) -> int:
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetPowerUsage", handle, "power")
         return int(_value(gpu, "power_mw"))
 
 
+@_costed
 def nvmlDeviceGetEnforcedPowerLimit(handle: c_nvmlDevice_t) -> int:
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetEnforcedPowerLimit", handle, "power_limit")
         return int(_value(gpu, "power_limit_mw"))
 
 
+@_costed
 def nvmlDeviceGetTemperature(handle: c_nvmlDevice_t, sensor: int) -> int:
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetTemperature", handle, "temperature")
@@ -480,6 +522,7 @@ def nvmlDeviceGetTemperature(handle: c_nvmlDevice_t, sensor: int) -> int:
         return int(_value(gpu, "temperature"))
 
 
+@_costed
 def nvmlDeviceGetClockInfo(handle: c_nvmlDevice_t, type: int) -> int:  # same parameter name as pynvml
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetClockInfo", handle, "sm_clock")
@@ -487,9 +530,12 @@ def nvmlDeviceGetClockInfo(handle: c_nvmlDevice_t, type: int) -> int:  # same pa
             return int(_value(gpu, "sm_clock_mhz"))
         if type == NVML_CLOCK_MEM:
             return int(_value(gpu, "mem_clock_mhz"))
+        if type == NVML_CLOCK_VIDEO and "video_clock_mhz" in gpu:
+            return int(gpu["video_clock_mhz"])
         raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
 
 
+@_costed
 def nvmlDeviceGetTotalEnergyConsumption(handle: c_nvmlDevice_t) -> int:
     with _lock:
         index, gpu = _device_call("nvmlDeviceGetTotalEnergyConsumption", handle, "energy")
@@ -497,6 +543,7 @@ def nvmlDeviceGetTotalEnergyConsumption(handle: c_nvmlDevice_t) -> int:
         return int(_value(gpu, "energy_mj")) + step * int(gpu.get("energy_mj_per_read") or 0)
 
 
+@_costed
 def nvmlDeviceGetComputeRunningProcesses_v3(handle: c_nvmlDevice_t) -> list[nvmlFriendlyObject]:
     with _lock:
         _, gpu = _device_call("nvmlDeviceGetComputeRunningProcesses", handle, "processes")
@@ -521,3 +568,305 @@ def nvmlDeviceGetComputeRunningProcesses(handle: c_nvmlDevice_t) -> list[nvmlFri
             "Either use matching pyNVML and NVML lib versions or use a versioned function such as "
             "nvmlDeviceGetComputeRunningProcesses_v2"
         ) from err
+
+
+# -- what other NVML clients call: nvitop 1.7.2 (nvitop-exporter), for benchmarks/bench_collect.py ----
+#
+# nvitop (nvitop/api/libnvml.py, device.py in the nvitop 1.7.2 wheel) reads more of pynvml than
+# infermeter: the constants below at import, a few more getters, and, for the process list, memory,
+# temperature and NVLink field values, the C functions themselves through ``_nvmlGetFunctionPointer``
+# with ctypes structures passed by reference. The names, values and structure layouts are those of
+# nvidia-ml-py 13.615.71 (pynvml.py). Optional spec keys (absent: NVMLError_NotSupported, as above):
+#
+#   top level: "cuda_driver_version": 13000
+#   per GPU:   "encoder_utilization": 0, "decoder_utilization": 0,       # percent
+#              "fan_speed": 30,                                            # percent (H100 SXM: none)
+#              "pcie_tx_kib_s": 1200, "pcie_rx_kib_s": 3400,              # KiB/s
+#              "video_clock_mhz": 1755, "mig_mode": 0,
+#              "nvlink_links": 18, "nvlink_kib_s": 1000000,               # per link and direction
+#              "performance_state": 0, "graphics_processes": [...] (like "processes"),
+#              processes[i]: "sm_util", "mem_util", "enc_util", "dec_util"  (nvmlDeviceGetProcessUtilization)
+
+NVML_FEATURE_DISABLED = 0
+NVML_FEATURE_ENABLED = 1
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+NVML_COMPUTEMODE_DEFAULT = 0
+NVML_COMPUTEMODE_EXCLUSIVE_THREAD = 1
+NVML_COMPUTEMODE_PROHIBITED = 2
+NVML_COMPUTEMODE_EXCLUSIVE_PROCESS = 3
+NVML_VOLATILE_ECC = 0
+NVML_AGGREGATE_ECC = 1
+NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_DRIVER_WDDM = 0
+NVML_DRIVER_WDM = 1
+NVML_DRIVER_MCDM = 2
+NVML_PCIE_UTIL_TX_BYTES = 0
+NVML_PCIE_UTIL_RX_BYTES = 1
+NVML_NVLINK_MAX_LINKS = 36
+NVML_FI_DEV_NVLINK_LINK_COUNT = 91
+NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX = 138  # KiB, per link (scopeId)
+NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX = 139
+NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX = 140
+NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX = 141
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG = 2
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
+NVML_VALUE_TYPE_SIGNED_INT = 5
+NVML_VALUE_TYPE_UNSIGNED_SHORT = 6
+NVML_PSTATE_0 = 0
+NVML_PSTATE_UNKNOWN = 32
+
+
+class _PrintableStructure(ctypes.Structure):
+    """pynvml's base of its ctypes structures (nvitop subclasses it)."""
+
+    _fmt_: dict[str, str] = {}  # noqa: RUF012 - mirrors pynvml
+
+
+class c_nvmlValue_t(ctypes.Union):
+    _fields_ = [
+        ("dVal", ctypes.c_double),
+        ("uiVal", ctypes.c_uint),
+        ("ulVal", ctypes.c_ulong),
+        ("ullVal", ctypes.c_ulonglong),
+        ("sllVal", ctypes.c_longlong),
+        ("siVal", ctypes.c_int),
+        ("usVal", ctypes.c_ushort),
+    ]
+
+
+class c_nvmlFieldValue_t(_PrintableStructure):
+    _fields_ = [
+        ("fieldId", ctypes.c_uint32),
+        ("scopeId", ctypes.c_uint32),
+        ("timestamp", ctypes.c_int64),
+        ("latencyUsec", ctypes.c_int64),
+        ("valueType", ctypes.c_uint),
+        ("nvmlReturn", ctypes.c_uint),
+        ("value", c_nvmlValue_t),
+    ]
+
+
+class _StructObject:
+    """What pynvml's nvmlStructToFriendlyObject returns: the structure's fields as attributes."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.__dict__.update(fields)
+
+    def __repr__(self) -> str:
+        return f"nvmlFriendlyObject({self.__dict__})"
+
+
+def nvmlStructToFriendlyObject(struct: ctypes.Structure) -> _StructObject:
+    values = {name: getattr(struct, name) for name, *_ in struct._fields_}
+    return _StructObject({k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()})
+
+
+def _byref_target(arg: object) -> Any:
+    """The object behind ``ctypes.byref(obj)`` (or ``obj`` itself)."""
+    return getattr(arg, "_obj", arg)
+
+
+def _c_entry(fn: Callable[..., None]) -> Callable[..., int]:
+    """A C entry point: NVMLError -> its return code, otherwise NVML_SUCCESS; costs one driver call."""
+
+    @functools.wraps(fn)
+    def entry(*args: Any) -> int:
+        try:
+            fn(*args)
+        except NVMLError as err:
+            return err.value
+        finally:
+            _pause()
+        return NVML_SUCCESS
+
+    return entry
+
+
+def _process_entries(handle: object, key: str, fn: str) -> list[dict[str, Any]]:
+    with _lock:
+        _, gpu = _device_call(fn, handle, "processes")
+        return list(gpu.get(key) or [])
+
+
+def _running_processes(key: str, fn: str) -> Callable[..., None]:
+    def call(handle: object, count_ref: object, array: Any) -> None:
+        procs = _process_entries(handle, key, fn)
+        count = _byref_target(count_ref)
+        if array is None or count.value < len(procs):
+            count.value = len(procs)
+            if procs:
+                raise NVMLError(NVML_ERROR_INSUFFICIENT_SIZE)
+            return
+        count.value = len(procs)
+        for slot, p in zip(array, procs, strict=False):
+            used = p.get("used_memory")
+            slot.pid = int(p["pid"])
+            slot.usedGpuMemory = (NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+                                  if used in (None, "not_available") else int(used))
+            for name in ("gpuInstanceId", "computeInstanceId"):
+                if hasattr(slot, name):
+                    setattr(slot, name, 0xFFFFFFFF)
+
+    return call
+
+
+def _c_memory_info(versioned: bool) -> Callable[..., None]:
+    def call(handle: object, memory_ref: object) -> None:
+        with _lock:
+            _, gpu = _device_call("nvmlDeviceGetMemoryInfo", handle, "memory")
+            total, used = int(_value(gpu, "memory_total")), int(_value(gpu, "memory_used"))
+            reserved = int(gpu.get("memory_reserved", 0))
+        memory = _byref_target(memory_ref)
+        memory.total = total
+        if versioned:
+            memory.reserved, memory.used = reserved, used
+        else:
+            used += reserved
+            memory.used = used
+        memory.free = max(total - used - (reserved if versioned else 0), 0)
+
+    return call
+
+
+def _c_temperature_v(handle: object, temperature_ref: object) -> None:
+    temperature = _byref_target(temperature_ref)
+    temperature.temperature = nvmlDeviceGetTemperature.__wrapped__(handle, int(temperature.sensorType))  # type: ignore[attr-defined]
+
+
+def _c_temperature(handle: object, sensor: object, value_ref: object) -> None:
+    _byref_target(value_ref).value = nvmlDeviceGetTemperature.__wrapped__(  # type: ignore[attr-defined]
+        handle, int(getattr(sensor, "value", sensor)))
+
+
+def _c_field_values(handle: object, count: object, values_ref: object) -> None:
+    with _lock:
+        _, gpu = _device_call("nvmlDeviceGetFieldValues", handle, "field_values")
+        links = gpu.get("nvlink_links")
+        rate = int(gpu.get("nvlink_kib_s") or 0)
+    values = _byref_target(values_ref)
+    now_us = time.time_ns() // 1000
+    for i in range(int(getattr(count, "value", count))):
+        field = values[i]
+        field.timestamp, field.latencyUsec = now_us, 0
+        if links is not None and field.fieldId == NVML_FI_DEV_NVLINK_LINK_COUNT:
+            field.valueType, field.nvmlReturn = NVML_VALUE_TYPE_UNSIGNED_INT, NVML_SUCCESS
+            field.value.uiVal = int(links)
+        elif (links is not None and field.scopeId < int(links) and field.fieldId in (
+                NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+                NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX)):
+            field.valueType, field.nvmlReturn = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, NVML_SUCCESS
+            field.value.ullVal = now_us * rate // 1_000_000  # a KiB counter advancing at ``rate``
+        else:
+            field.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+
+
+_C_FUNCTIONS: dict[str, Callable[..., int]] = {
+    name: _c_entry(fn) for name, fn in {
+        "nvmlDeviceGetComputeRunningProcesses_v3": _running_processes(
+            "processes", "nvmlDeviceGetComputeRunningProcesses"),
+        "nvmlDeviceGetGraphicsRunningProcesses_v3": _running_processes(
+            "graphics_processes", "nvmlDeviceGetGraphicsRunningProcesses"),
+        "nvmlDeviceGetMPSComputeRunningProcesses_v3": _running_processes(
+            "mps_processes", "nvmlDeviceGetMPSComputeRunningProcesses"),
+        "nvmlDeviceGetMemoryInfo_v2": _c_memory_info(versioned=True),
+        "nvmlDeviceGetMemoryInfo": _c_memory_info(versioned=False),
+        "nvmlDeviceGetTemperatureV": _c_temperature_v,
+        "nvmlDeviceGetTemperature": _c_temperature,
+        "nvmlDeviceGetFieldValues": _c_field_values,
+    }.items()
+}
+
+
+def _nvmlGetFunctionPointer(name: str) -> Callable[..., int]:
+    """The "C function" ``name`` (a Python stand-in taking ctypes arguments); FUNCTION_NOT_FOUND otherwise."""
+    with _lock:
+        if _refcount <= 0:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+    if name not in _C_FUNCTIONS:
+        raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+    return _C_FUNCTIONS[name]
+
+
+def _getter(fn: str, field: str, key: str) -> Callable[[c_nvmlDevice_t], int]:
+    @_costed
+    def get(handle: c_nvmlDevice_t) -> int:
+        with _lock:
+            _, gpu = _device_call(fn, handle, field)
+            return int(_value(gpu, key))
+
+    get.__name__ = get.__qualname__ = fn
+    return get
+
+
+nvmlDeviceGetFanSpeed = _getter("nvmlDeviceGetFanSpeed", "fan_speed", "fan_speed")
+nvmlDeviceGetPowerManagementLimit = _getter("nvmlDeviceGetPowerManagementLimit", "power_limit", "power_limit_mw")
+nvmlDeviceGetPerformanceState = _getter("nvmlDeviceGetPerformanceState", "performance_state", "performance_state")
+
+
+@_costed
+def nvmlSystemGetCudaDriverVersion() -> int:
+    with _lock:
+        _require_init("nvmlSystemGetCudaDriverVersion")
+        if _spec.get("cuda_driver_version") is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return int(_spec["cuda_driver_version"])
+
+
+@_costed
+def nvmlDeviceGetIndex(handle: c_nvmlDevice_t) -> int:
+    with _lock:
+        index, _ = _device_call("nvmlDeviceGetIndex", handle, "handle")
+        return index
+
+
+@_costed
+def nvmlDeviceGetEncoderUtilization(handle: c_nvmlDevice_t) -> list[int]:
+    with _lock:
+        _, gpu = _device_call("nvmlDeviceGetEncoderUtilization", handle, "encoder_utilization")
+        return [int(_value(gpu, "encoder_utilization")), 167_000]  # [percent, sampling period in us]
+
+
+@_costed
+def nvmlDeviceGetDecoderUtilization(handle: c_nvmlDevice_t) -> list[int]:
+    with _lock:
+        _, gpu = _device_call("nvmlDeviceGetDecoderUtilization", handle, "decoder_utilization")
+        return [int(_value(gpu, "decoder_utilization")), 167_000]
+
+
+@_costed
+def nvmlDeviceGetPcieThroughput(handle: c_nvmlDevice_t, counter: int) -> int:
+    with _lock:
+        _, gpu = _device_call("nvmlDeviceGetPcieThroughput", handle, "pcie")
+        if counter not in (NVML_PCIE_UTIL_TX_BYTES, NVML_PCIE_UTIL_RX_BYTES):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return int(_value(gpu, "pcie_tx_kib_s" if counter == NVML_PCIE_UTIL_TX_BYTES else "pcie_rx_kib_s"))
+
+
+@_costed
+def nvmlDeviceGetMigMode(handle: c_nvmlDevice_t) -> list[int]:
+    with _lock:
+        _, gpu = _device_call("nvmlDeviceGetMigMode", handle, "mig_mode")
+        mode = int(_value(gpu, "mig_mode"))
+        return [mode, mode]  # [current, pending]
+
+
+@_costed
+def nvmlDeviceGetProcessUtilization(handle: c_nvmlDevice_t, timeStamp: int) -> list[_StructObject]:
+    """One sample per process with "sm_util" in the spec; NOT_FOUND when there is none (as NVML)."""
+    with _lock:
+        _, gpu = _device_call("nvmlDeviceGetProcessUtilization", handle, "process_utilization")
+        now_us = time.time_ns() // 1000
+        samples = [
+            _StructObject({"pid": int(p["pid"]), "timeStamp": now_us, "smUtil": int(p["sm_util"]),
+                           "memUtil": int(p.get("mem_util", 0)), "encUtil": int(p.get("enc_util", 0)),
+                           "decUtil": int(p.get("dec_util", 0))})
+            for p in gpu.get("processes") or [] if "sm_util" in p
+        ]
+        if not samples:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return samples
