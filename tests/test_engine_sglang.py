@@ -29,12 +29,12 @@ from exporter.sources.exposition import parse
 from tests.fakes.engine import FakeEngine, FakeEngineServer
 from tests.fakes.nvml_specs import h100_node
 from tests.process import ROOT, ExporterProcess, Samples, free_port, value, wait_for
+from tests.test_engines import LINE, naive
 from tests.test_quantiles import reference_quantile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 SINGLE, LATER, DP2 = "sglang.txt", "sglang-b.txt", "sglang-dp2.txt"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
 
 
 def text(name: str) -> str:
@@ -44,18 +44,6 @@ def text(name: str) -> str:
 def document(name: str) -> dict[str, object]:
     loaded: dict[str, object] = json.loads(text(name))
     return loaded
-
-
-def naive(body: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    out = []
-    for line in body.splitlines():
-        match = LINE.match(line)
-        if not match or match.group("name") != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group("labels") or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            out.append((got, float(match.group("value"))))
-    return out
 
 
 def one(body: str, name: str, **labels: str) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from exporter import plan as command
 from exporter.derive import plan as planner
@@ -35,6 +33,7 @@ from exporter.facts.models import ModelSpec
 from tests.fakes.engine import FakeEngine, FakeEngineServer
 from tests.fakes.nvml_specs import h100_node
 from tests.process import ROOT, ExporterProcess, free_port, value, wait_for
+from tests.prometheus_server import prometheus_scraping
 
 GOLDEN = ROOT / "tests" / "fixtures" / "plan" / "llama-3.1-70b.json"
 FIXTURE = ROOT / "tests" / "fixtures" / "engines" / "vllm-0.32.0-real-a.txt"
@@ -470,30 +469,8 @@ def test_plan_from_an_unreachable_url_says_so() -> None:
 
 
 def test_plan_from_a_prometheus_that_scrapes_the_exporter(exporter: ExporterProcess, tmp_path: Path) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
-                      f"scrape_configs:\n  - job_name: infermeter\n"
-                      f"    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n")
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                               f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def scraped() -> bool:
-            try:
-                answer = requests.get(url + "/api/v1/query", timeout=2, params={
-                    "query": 'infermeter_memory_bandwidth_utilization_ratio{source="analytic"}'}).json()
-            except (requests.RequestException, ValueError):
-                return False
-            return bool(answer.get("data", {}).get("result"))
-
-        wait_for(scraped, timeout=30, interval=0.5)
+    ready = 'infermeter_memory_bandwidth_utilization_ratio{source="analytic"}'
+    with prometheus_scraping(tmp_path, f"127.0.0.1:{exporter.port}", ready) as url:
         result = plan_command("--from", url, "--gpu", H100_NAME, "--format", "json")
         assert result.returncode == 0, result.stderr
         data = json.loads(result.stdout)
@@ -502,10 +479,3 @@ def test_plan_from_a_prometheus_that_scrapes_the_exporter(exporter: ExporterProc
         assert data["inputs"]["prompt_tokens"] == pytest.approx(5000)
         assert data["inputs"]["slo"] == {"ttft_seconds": 1.5, "tpot_seconds": 0.08}
         assert data["basis"] == "calibrated"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()

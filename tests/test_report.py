@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from exporter.report import group, render
 from tests.fakes.engine import FakeEngine, FakeEngineServer
 from tests.fakes.nvml_specs import h100_node
 from tests.process import ROOT, ExporterProcess, free_port, value, wait_for
+from tests.prometheus_server import prometheus_scraping
 
 FIXTURE = ROOT / "tests" / "fixtures" / "engines" / "vllm-0.32.0-real-a.txt"
 LLAMA_8B = ROOT / "exporter" / "facts" / "models" / "meta-llama--Llama-3.1-8B.json"
@@ -103,40 +102,10 @@ def test_report_says_why_it_cannot_read() -> None:
 
 
 def test_report_from_a_real_prometheus(exporter: ExporterProcess, tmp_path: Path) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
-                      f"scrape_configs:\n  - job_name: infermeter\n"
-                      f"    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n")
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                               f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def scraped() -> bool:
-            try:
-                answer = requests.get(url + "/api/v1/query", params={"query": "infermeter_cost_dollars_per_hour"},
-                                      timeout=2).json()
-            except (requests.RequestException, ValueError):
-                return False
-            return bool(answer.get("data", {}).get("result"))
-
-        wait_for(scraped, timeout=30, interval=0.5)
+    with prometheus_scraping(tmp_path, f"127.0.0.1:{exporter.port}", "infermeter_cost_dollars_per_hour") as url:
         result = report("--prometheus", url)
         assert result.returncode == 0, result.stderr
         first = result.stdout.splitlines()[0]
         assert first == (f"engine llama (vllm, tinyllama) on 1 x NVIDIA H100 80GB HBM3 "
                          f"[127.0.0.1:{exporter.port}/infermeter]")
         assert "$2.50/h" in result.stdout
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
