@@ -80,14 +80,19 @@ class Config:
 
 # --- value parsers: each takes the raw value and returns it typed, or raises ValueError(what's wrong) ---
 
-def _positive_seconds(raw: object) -> float:
+def _finite(raw: object, what: str, allowed: Callable[[float], bool], wanted: str) -> float:
+    """``raw`` as a finite float for which ``allowed`` holds; ValueError naming ``what`` or ``wanted``."""
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"expected a number of seconds, got {str(raw)[:40]!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {raw!r}")
+        raise ValueError(f"expected {what}, got {str(raw)[:40]!r}") from None
+    if not math.isfinite(value) or not allowed(value):
+        raise ValueError(f"expected {wanted}, got {raw!r}")
     return value
+
+
+def _positive_seconds(raw: object) -> float:
+    return _finite(raw, "a number of seconds", lambda v: v > 0, "a positive number of seconds")
 
 
 def _positive_int(raw: object) -> int:
@@ -191,23 +196,13 @@ def _gpu_name(raw: object) -> str:
 
 
 def _share(raw: object) -> float:
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"expected a share between 0 and 1 such as 0.25, got {str(raw)[:40]!r}") from None
-    if not math.isfinite(value) or not 0 < value < 1:
-        raise ValueError(f"expected a share between 0 and 1 (exclusive) such as 0.25, got {raw!r}")
-    return value
+    return _finite(raw, "a share between 0 and 1 such as 0.25", lambda v: 0 < v < 1,
+                   "a share between 0 and 1 (exclusive) such as 0.25")
 
 
 def _dollars(raw: object) -> float:
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"expected dollars per GPU-hour such as 2.49, got {str(raw)[:40]!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"expected a non-negative number of dollars per GPU-hour, got {raw!r}")
-    return value
+    return _finite(raw, "dollars per GPU-hour such as 2.49", lambda v: v >= 0,
+                   "a non-negative number of dollars per GPU-hour")
 
 
 PRICING_MODELS = ("on-demand", "spot", "reserved")
