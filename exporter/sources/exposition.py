@@ -1,14 +1,17 @@
 """Parse a Prometheus text exposition body into samples indexed by their wire name.
 
-Parsing uses prometheus_client's own text parser. Samples are indexed by the name they carry
-on the wire (``vllm:prompt_tokens_total``, ``tgi_request_duration_bucket``), which does not
-depend on how a client library version names the family.
+Samples are those prometheus_client's own text parser gives, indexed by their sample name
+(``vllm:prompt_tokens_total``, ``tgi_request_duration_bucket``; the parser adds ``_total`` to a
+counter's samples that lack it). Plain bodies, which is what engines serve, are read by a fast path
+that gives exactly the same (tests/test_exposition_fast.py compares the two); anything else goes to
+the parser itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -132,9 +135,15 @@ def select_families(text: str, bases: frozenset[str]) -> str:
 
 def parse(text: str, bases: frozenset[str] | None = None) -> Exposition:
     """Parse exposition text (only the families in ``bases``, when given); raise SourceError (one line)
-    when it is not valid."""
+    when it is not valid.
+
+    Plain bodies (what engines serve) take a fast path that gives exactly what prometheus_client's
+    parser gives; any line it does not recognise sends the whole body to that parser instead."""
     if bases is not None:
         text = select_families(text, bases)
+    fast = _parse_plain(text)
+    if fast is not None:
+        return Exposition({name: tuple(values) for name, values in fast.items()})
     samples: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
     try:
         for family in text_string_to_metric_families(text):
@@ -144,3 +153,70 @@ def parse(text: str, bases: frozenset[str] | None = None) -> Exposition:
         detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise SourceError(f"invalid Prometheus exposition: {detail}") from None
     return Exposition({name: tuple(values) for name, values in samples.items()})
+
+
+# The plain sample line: a legacy name, optional labels without escapes or braces, a number, an
+# optional integer timestamp, single spaces (prometheus_client, the Rust and Go clients write this).
+_PLAIN_SAMPLE = re.compile(
+    r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\{}]*",?)*)\})? '
+    r'([-+]?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?|Inf|NaN))(?: -?[0-9]+)?')
+_PLAIN_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"\\{}]*)"')
+_PLAIN_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_ALLOWED_SUFFIXES = {"summary": ("_count", "_sum", ""), "histogram": ("_count", "_sum", "_bucket")}
+# the types prometheus_client's Metric accepts (it refuses any other)
+_TYPES = frozenset({"counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "untyped", "info",
+                    "stateset"})
+
+
+def _parse_plain(text: str) -> dict[str, list[tuple[Labels, float]]] | None:
+    """``text`` parsed as prometheus_client's text parser would (its family state machine: a counter
+    family's samples without ``_total`` get it, whatever the order of its TYPE line and its samples), or
+    None when a line is anything but plain."""
+    samples: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
+    family, kind = "", "untyped"
+    allowed: tuple[str, ...] = ("",)
+    pending: list[tuple[str, Labels, float]] = []  # the current family's samples, named when it ends
+
+    def close() -> None:
+        rename = kind == "counter" and not family.endswith("_total")
+        for name, labels, value in pending:
+            samples[name + "_total" if rename else name].append((labels, value))
+        pending.clear()
+
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        if line[0] == "#":
+            parts = line.split(None, 3)
+            if len(parts) < 2 or parts[1] not in ("HELP", "TYPE"):
+                continue  # a plain comment
+            if len(parts) < 3 or not _PLAIN_NAME.fullmatch(parts[2]) or (parts[1] == "TYPE" and len(parts) < 4):
+                return None
+            if parts[2] != family:
+                close()
+                family, kind, allowed = parts[2], "untyped", (parts[2],)
+            if parts[1] == "TYPE":
+                if parts[3] not in _TYPES:
+                    return None
+                kind = parts[3]
+                allowed = tuple(family + suffix for suffix in _ALLOWED_SUFFIXES.get(kind, ("",)))
+            continue
+        match = _PLAIN_SAMPLE.fullmatch(line)
+        if match is None:
+            return None
+        name, label_text, value = match.groups()
+        labels: dict[str, str] = {}
+        if label_text:
+            pairs = _PLAIN_LABEL.findall(label_text)
+            labels = dict(pairs)
+            if len(labels) != len(pairs) or any(key.startswith("__") for key in labels):
+                return None  # duplicates, and names prometheus_client reserves
+        if family and name in allowed:
+            pending.append((name, labels, float(value)))
+        else:  # a sample of no declared family stands alone, untyped
+            close()
+            family, kind, allowed = "", "untyped", ("",)
+            samples[name].append((labels, float(value)))
+    close()
+    return samples
