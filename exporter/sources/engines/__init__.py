@@ -11,13 +11,14 @@ one. Either way a pinned model that is not there fails the read (``pinned_model_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exporter.samples import EngineIdentity, EngineSample, Histogram
 from exporter.sources import SourceError
-from exporter.sources.exposition import Exposition, family_base
+from exporter.sources.exposition import Exposition, family_base, finite_sum
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,35 @@ def pinned_model_absent(model: str, present: Iterable[str]) -> SourceError:
     more = f" and {len(names) - MODELS_SHOWN} more" if len(names) > MODELS_SHOWN else ""
     return SourceError(f"model {model!r} (--engine-model) is not in the engine's metrics; models there: "
                        f"{shown or 'none'}{more}")
+
+
+def capacity_weighted_mean(usage: Sequence[tuple[str, float]], capacity: Mapping[str, float]) -> float | None:
+    """KV cache usage over data-parallel ranks: (rank, usage) pairs weighted by each rank's capacity in
+    tokens when every rank has a positive one, else their plain mean; None when empty or not finite."""
+    if not usage:
+        return None
+    weights = [capacity.get(rank) for rank, _ in usage]
+    if all(w is not None and w > 0 for w in weights):
+        total = finite_sum([w for w in weights if w is not None])
+        weighted = finite_sum([v * w for (_, v), w in zip(usage, weights, strict=True) if w is not None])
+        mean = weighted / total if total and weighted is not None else None
+    else:
+        plain = finite_sum([v for _, v in usage])
+        mean = plain / len(usage) if plain is not None else None
+    return mean if mean is not None and math.isfinite(mean) else None
+
+
+def served_model(models: object) -> tuple[str | None, str | None]:
+    """(model, root) from an OpenAI-style /v1/models document: the first base model (not a LoRA adapter,
+    which has a ``parent``), else the first entry, and the ``root`` it was loaded from where given."""
+    if not isinstance(models, Mapping) or not isinstance(models.get("data"), list):
+        return None, None
+    entries = [m for m in models["data"] if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
+    chosen = next((m for m in entries if not m.get("parent")), entries[0] if entries else None)
+    if chosen is None:
+        return None, None
+    root = chosen.get("root")
+    return chosen["id"], root if isinstance(root, str) else None
 
 
 def check_pin(model: str | None, present: Iterable[str]) -> None:

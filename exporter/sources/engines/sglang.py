@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import Adapter, EngineNames, check_pin
+from exporter.sources.engines import Adapter, EngineNames, capacity_weighted_mean, check_pin, served_model
 from exporter.sources.exposition import Exposition, Labels, finite_sum
 
 NAMES = EngineNames(
@@ -115,14 +115,9 @@ def _by_replica(exposition: Exposition, name: str) -> dict[str, float]:
 def _kv(exposition: Exposition) -> tuple[float | None, float | None]:
     """(capacity in tokens over all data-parallel ranks, usage weighted by each rank's capacity)."""
     capacity = {rank: v for rank, v in _by_replica(exposition, KV_CAPACITY).items() if v > 0}
-    usage = {rank: min(max(v, 0.0), 1.0) for rank, v in _by_replica(exposition, KV_USAGE).items()}
+    usage = [(rank, min(max(v, 0.0), 1.0)) for rank, v in _by_replica(exposition, KV_USAGE).items()]
     total = finite_sum(list(capacity.values())) if capacity else None
-    if not usage:
-        return total, None
-    if total and set(usage) <= set(capacity):
-        weighted = finite_sum([usage[rank] * capacity[rank] for rank in usage])
-        return total, weighted / total if weighted is not None else None
-    return total, sum(usage.values()) / len(usage)
+    return total, capacity_weighted_mean(usage, capacity)
 
 
 def _acceptance(exposition: Exposition) -> float | None:
@@ -180,13 +175,7 @@ IDENTITY_PATHS = ("/v1/models", "/server_info", "/get_server_info")
 
 def identity(documents: Mapping[str, Any]) -> EngineIdentity:
     """Model from /v1/models (the served name), version and model path from /server_info or /get_server_info."""
-    model = None
-    models = documents.get("/v1/models")
-    if isinstance(models, Mapping) and isinstance(models.get("data"), list):
-        entries = [m for m in models["data"] if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
-        base = [m for m in entries if not m.get("parent")]
-        if base or entries:
-            model = (base or entries)[0]["id"]
+    model, _ = served_model(documents.get("/v1/models"))
     info = next((doc for doc in (documents.get("/server_info"), documents.get("/get_server_info"))
                  if isinstance(doc, Mapping)), {})
     version, root = info.get("version"), info.get("model_path")

@@ -94,12 +94,7 @@ def wire(exposition: Exposition, name: str) -> str:
 
 def per_model(exposition: Exposition, name: str) -> dict[str, float]:
     """``name`` summed over each model's series (versions, GPU instances); finite, non-negative totals."""
-    values: dict[str, list[float]] = defaultdict(list)
-    for labels, value in exposition.series(wire(exposition, name)):
-        model = labels.get("model")
-        if model and math.isfinite(value):
-            values[model].append(value)
-    return {m: total for m, v in values.items() if (total := finite_sum(v)) is not None and total >= 0}
+    return {m: total for m, total in by_label(exposition, wire(exposition, name), "model").items() if m and total >= 0}
 
 
 def outermost(exposition: Exposition, among: set[str] | None = None) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.samples import EngineIdentity, EngineSample
-from exporter.sources.engines import Adapter, EngineNames, check_pin
+from exporter.sources.engines import Adapter, EngineNames, capacity_weighted_mean, check_pin, served_model
 from exporter.sources.exposition import Exposition, finite_sum
 
 NAMES = EngineNames(
@@ -91,17 +91,8 @@ def kv_usage(exposition: Exposition, capacity: Mapping[str, float]) -> float | N
     """KV cache usage over all data-parallel ranks, weighted by each rank's capacity where known."""
     for name in KV_USAGE:
         series = [(labels.get("engine", ""), v) for labels, v in exposition.series(name) if math.isfinite(v)]
-        if not series:
-            continue
-        weights = [capacity.get(rank) for rank, _ in series]
-        if all(w is not None and w > 0 for w in weights):
-            total = finite_sum([w for w in weights if w is not None])
-            weighted = finite_sum([v * w for (_, v), w in zip(series, weights, strict=True) if w is not None])
-            usage = weighted / total if total and weighted is not None else None
-        else:
-            plain = finite_sum([v for _, v in series])
-            usage = plain / len(series) if plain is not None else None
-        return usage if usage is not None and math.isfinite(usage) else None
+        if series:
+            return capacity_weighted_mean(series, capacity)
     return None
 
 
@@ -141,18 +132,7 @@ IDENTITY_PATHS = ("/v1/models", "/version")
 
 def identity(documents: Mapping[str, Any]) -> EngineIdentity:
     """Model from /v1/models (the base model, not a LoRA adapter) and version from /version."""
-    model = None
-    models = documents.get("/v1/models")
-    if isinstance(models, Mapping) and isinstance(models.get("data"), list):
-        entries = [m for m in models["data"] if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
-        base = [m for m in entries if not m.get("parent")]
-        if base or entries:
-            model = (base or entries)[0]["id"]
-    root = None
-    if isinstance(models, Mapping) and isinstance(models.get("data"), list):
-        for entry in models["data"]:
-            if isinstance(entry, Mapping) and entry.get("id") == model and isinstance(entry.get("root"), str):
-                root = entry["root"]
+    model, root = served_model(documents.get("/v1/models"))
     version_doc = documents.get("/version")
     version = version_doc.get("version") if isinstance(version_doc, Mapping) else None
     return EngineIdentity(model=model, version=version if isinstance(version, str) else None, model_root=root)
