@@ -9,8 +9,7 @@ how many GPUs of the current one is right-sizing's answer (infermeter_rightsizin
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from exporter.derive import plan
@@ -54,14 +53,6 @@ def workload(stats: EngineStats) -> plan.Workload | None:
         return None
 
 
-def _cheapest(candidates: Sequence[plan.Candidate]) -> plan.Candidate | None:
-    feasible = [c for c in candidates if c.feasible and c.gpus is not None]
-    if not feasible:
-        return None
-    return min(feasible, key=lambda c: (c.dollars_per_hour if c.dollars_per_hour is not None else math.inf,
-                                        c.gpus or 0, c.tensor_parallel))
-
-
 def what_if(model: ModelSpec, gpus: Mapping[str, tuple[GpuSpec, float | None]], load: plan.Workload,
             slo: plan.Slo, calibration: plan.Calibration, current_gpu_model: str | None,
             kv_cache_dtype: str = "auto") -> WhatIf:
@@ -72,8 +63,8 @@ def what_if(model: ModelSpec, gpus: Mapping[str, tuple[GpuSpec, float | None]], 
         candidates = [plan.evaluate(model, spec, tp, load, slo, price_per_gpu_hour=price, calibration=calibration,
                                     kv_cache_dtype=kv_cache_dtype)
                       for tp in plan.TENSOR_PARALLEL_SIZES]
-        best = _cheapest(candidates)
-        if best is not None and best.gpus is not None:
+        best = plan.rank(candidates)[0]  # the cheapest priced shape, else the fewest GPUs
+        if best.feasible and best.gpus is not None:
             options.append(GpuOption(name, best.tensor_parallel, best.gpus, best.dollars_per_hour))
     priced = [o for o in options if o.dollars_per_hour is not None]
     cheapest = min(priced, key=lambda o: (o.dollars_per_hour, o.gpus)) if priced else None
