@@ -232,13 +232,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from tests.process import stop_process
+
+    stop_process(proc)
 
 
 def nvml_spec(gpus: int, delay: float, pids: list[int]) -> dict[str, Any]:

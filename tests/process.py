@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -93,15 +92,20 @@ class ExporterProcess:
         return self.log_path.read_text()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
         return self.proc.returncode
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
@@ -121,7 +125,3 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.2) -> An
             return result
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-
-
-def promtool() -> str | None:
-    return shutil.which("promtool")

@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.process import free_port, wait_for
+from tests.process import free_port, stop_process, wait_for
 
 
-def prometheus_binary() -> str:
-    """The server's path; fails under CI (which installs it) and skips elsewhere when it is missing."""
-    binary = shutil.which("prometheus")
+def prometheus_binary(name: str = "prometheus") -> str:
+    """The path of ``prometheus`` or ``promtool`` (Debian's `prometheus` package); fails under CI, which
+    installs it, and skips elsewhere when it is missing."""
+    binary = shutil.which(name)
     if binary is None:
         if os.environ.get("CI"):
-            pytest.fail("prometheus is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
+            pytest.fail(f"{name} is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
     return binary
 
 
@@ -51,9 +52,5 @@ def prometheus_scraping(tmp_path: Path, target: str, ready_query: str) -> Iterat
         wait_for(scraped, timeout=30, interval=0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=10)
         log.close()

@@ -8,9 +8,7 @@ engine's own metric or a recording rule defined here, and every rule has a promt
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ import yaml
 from exporter.catalog import BY_NAME, MetricSpec
 from exporter.sources.engines import adapters
 from exporter.sources.exposition import family_base
+from tests.prometheus_server import prometheus_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"
@@ -145,12 +144,7 @@ def _spec(metric: str) -> MetricSpec | None:
 # --- promtool ----------------------------------------------------------------------------------
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is required in CI (Debian package `prometheus`)")
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
-    return path
+    return prometheus_binary("promtool")
 
 
 def test_promtool_check_rules() -> None:

@@ -4,7 +4,6 @@ query names only metrics and labels the exporter serves and parses as PromQL (pr
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 
 from dashboards import generate
 from exporter.catalog import BY_NAME, MetricSpec
-from tests.process import promtool
+from tests.prometheus_server import prometheus_binary
 
 DASHBOARDS = Path(generate.__file__).resolve().parent
 BOARDS = {name: json.loads((DASHBOARDS / name).read_text(encoding="utf-8")) for name in generate.DASHBOARDS}
@@ -188,11 +187,7 @@ def test_substitute_replaces_every_grafana_variable() -> None:
 
 
 def test_queries_parse_with_promtool(tmp_path: Path) -> None:
-    tool = promtool()
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+    tool = prometheus_binary("promtool")
     queries = generate.all_queries()
     rules = [{"record": f"dashboard_query_{i}", "expr": expr} for i, (_, _, expr) in enumerate(queries)]
     path = tmp_path / "dashboards.rules.yaml"

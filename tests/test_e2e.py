@@ -16,7 +16,8 @@ import pytest
 
 from tests.fakes.engine import FakeEngine, FakeEngineServer
 from tests.fakes.nvml_specs import h100_node, missing_library
-from tests.process import ExporterProcess, Samples, promtool, value, wait_for
+from tests.process import ExporterProcess, Samples, value, wait_for
+from tests.prometheus_server import prometheus_binary
 from tests.test_quantiles import reference_quantile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
@@ -153,11 +154,7 @@ def test_vllm_tgi_and_gpus_end_to_end(tmp_path: Path, vllm_engine: tuple[FakeEng
 
 
 def test_exposition_passes_promtool_lint(two_engines: tuple[FakeEngine, ExporterProcess]) -> None:
-    tool = promtool()
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+    tool = prometheus_binary("promtool")
     vllm, exporter = two_engines
     vllm.tick()
     wait_for(lambda: value(exporter.samples(), "infermeter_time_to_first_token_seconds", quantile="0.5",

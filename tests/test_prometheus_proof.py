@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ import requests
 import yaml
 
 from tests.fakes.nvml_specs import h100_node
-from tests.process import ROOT, ExporterProcess, free_port, wait_for
+from tests.process import ROOT, ExporterProcess, free_port, stop_process, wait_for
+from tests.prometheus_server import prometheus_binary
 
 ALERTS = ROOT / "alerts"
 # engine name -> (engine kind, scenario, H100s)
@@ -114,11 +114,7 @@ def _query(url: str, expr: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
+    binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("proof")
     processes: list[subprocess.Popen[bytes]] = []
     exporters: dict[str, ExporterProcess] = {}
@@ -173,12 +169,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for exporter in exporters.values():
             exporter.stop()
         for process in processes:
-            process.terminate()
+            process.terminate()  # all at once, then wait for each
         for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process, timeout=10)
 
 
 def _records() -> list[str]:
