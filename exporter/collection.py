@@ -18,7 +18,7 @@ from typing import Protocol
 from exporter.catalog import QUANTILES
 from exporter.config import Config
 from exporter.derive.analysis import Analysis, Deployment, analyse
-from exporter.derive.assignment import assign_gpus
+from exporter.derive.assignment import StableAssignment
 from exporter.derive.cost import Costs, costs, engine_prompt_share
 from exporter.derive.engine import EngineStats, engine_stats
 from exporter.derive.whatif import WhatIf
@@ -106,11 +106,13 @@ class Collection:
         self._nvml = nvml
         self._engines = list(engines)
         self._clock = clock
-        self._in_flight: dict[str, Future[tuple[object, float]]] = {}
+        self._in_flight: dict[str, Future[_Outcome]] = {}
         self._windows = {e.target.name: SampleWindow(config.window) for e in self._engines}
         self._identity = {e.target.name: _Identity() for e in self._engines}
         self._errors: dict[str, int] = {}
         self._failed_gpus: frozenset[int] = frozenset()
+        self._assignment = StableAssignment([e.target.name for e in self._engines], config.engine_gpus)
+        self._last_price: dict[str, float] = {}  # GPU UUID -> its last known hourly price
         self._facts = FactsResolver(config)
         self._whatif = WhatIfAdvisor(self._facts, config)
         self._spent: dict[str, float] = {}
@@ -136,36 +138,34 @@ class Collection:
         with self._lock:  # the scheduler never overlaps runs; this guards direct callers
             started = time.monotonic()
             deadline = started + self.config.timeout + 0.2
-            futures: dict[str, Future[tuple[object, float]]] = {}
-            for name, read in self._sources().items():
-                previous = self._in_flight.get(name)
-                if previous is not None and not previous.done():
-                    continue
-                futures[name] = _spawn(name, read)
-                self._in_flight[name] = futures[name]
-            wait(list(futures.values()), timeout=max(deadline - time.monotonic(), 0.0))
+            sources = self._sources()
+            futures = {name: self._start(name, read) for name, read in sources.items()}
+            wait([f for f in futures.values() if f is not None], timeout=max(deadline - time.monotonic(), 0.0))
             results: dict[str, object] = {}
             statuses: dict[str, CollectorStatus] = {}
-            for name in self._sources():
-                future = futures.get(name)
+            for name, future in futures.items():
                 duration = time.monotonic() - started
                 if future is None:
                     error: str | None = "still busy with the previous collection (hung source)"
                 elif not future.done():
                     error = f"no answer within {self.config.timeout:g}s (--timeout)"
                 else:
-                    error = None
-                    try:
-                        value, duration = future.result()
-                        results[name] = value
-                    except SourceError as err:
-                        error = str(err)
-                    except Exception as err:  # a bug or an unexpected library error must not stop collection
-                        log.exception("collector %s failed unexpectedly", name)
-                        error = f"unexpected {type(err).__name__}: {err}"
+                    outcome = future.result()
+                    error, duration = outcome.error, outcome.seconds
+                    if error is None:
+                        results[name] = outcome.value
                 statuses[name] = self._record(name, error, duration)
+            # only reads still running are remembered: a finished one's outcome is not kept past its cycle
+            self._in_flight = {name: f for name, f in self._in_flight.items() if not f.done()}
             self.snapshot = self._build(results, statuses)
             return self.snapshot
+
+    def _start(self, name: str, read: Callable[[], object]) -> Future[_Outcome] | None:
+        """A new read of ``name``, or None while its previous read is still running (a hung source)."""
+        if name in self._in_flight and not self._in_flight[name].done():
+            return None
+        future = self._in_flight[name] = _spawn(name, read)
+        return future
 
     def _record(self, name: str, error: str | None, duration: float) -> CollectorStatus:
         was_ok = self._ok.get(name)
@@ -195,13 +195,18 @@ class Collection:
             self._note_failed_gpus(frozenset(reading.failed_gpus))
         specs = {i: spec for i, g in gpus.items() if (spec := self._facts.gpu(g.name)) is not None}
         prices = {i: price for i, spec in specs.items() if (price := self._facts.price(spec)) is not None}
+        by_uuid = {g.uuid: g for g in gpus.values()}
+        self._last_price.update((gpus[i].uuid, price) for i, price in prices.items())
+        owned = self._assignment.owned({g.index: g.uuid for g in gpus.values()},
+                                       reading.failed_gpus if reading is not None else ())
         names = [e.target.name for e in self._engines]
-        assignment = assign_gpus(names, sorted(gpus), self.config.engine_gpus)
         views = []
         for name in names:
             result = results.get(engine_collector(name))
             identity = self._identity[name]
-            engine_gpus = tuple(gpus[i] for i in assignment[name] if i in gpus)
+            engine_gpus = tuple(by_uuid[uuid] for uuid in owned[name] if uuid in by_uuid)
+            # an engine keeps paying for a GPU it owns that cannot be read now, at that GPU's last price
+            owned_prices = [self._last_price.get(uuid) for uuid in owned[name]]
             memory = _process_memory(engine_gpus)
             stats = analysis = engine_costs = advice = None
             if isinstance(result, EngineReading):
@@ -212,7 +217,7 @@ class Collection:
                 try:
                     stats = engine_stats(self._windows[name].samples(), QUANTILES)
                     analysis = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
-                    engine_costs = _costs(stats, engine_gpus, prices, analysis)
+                    engine_costs = _costs(stats, engine_gpus, owned_prices, analysis)
                     if analysis is not None and self.config.whatif:
                         first = engine_gpus[0].index  # analysis implies a known GPU spec
                         advice = self._whatif.advise(stats, analysis, result.sample.config, specs[first],
@@ -290,33 +295,54 @@ class Collection:
         """Nothing to join: reads run on daemon threads, so a hung one cannot hold up exit."""
 
 
-def _spawn(name: str, read: Callable[[], object]) -> Future[tuple[object, float]]:
-    """Run ``read`` on a daemon thread; the future holds (value, seconds taken)."""
-    future: Future[tuple[object, float]] = Future()
+@dataclass(frozen=True)
+class _Outcome:
+    """How one read ended: its value, or a one-line error; never an exception object, whose traceback
+    would keep the failed read's frames (and a body read so far) alive for as long as the outcome is."""
+
+    value: object
+    error: str | None
+    seconds: float
+
+
+ERROR_CHARS = 300  # a source's error line is cut here (its text can come from an engine)
+
+
+def _spawn(name: str, read: Callable[[], object]) -> Future[_Outcome]:
+    """Run ``read`` on a daemon thread; the future always completes with an _Outcome."""
+    future: Future[_Outcome] = Future()
 
     def target() -> None:
         if not future.set_running_or_notify_cancel():
             return
         started = time.monotonic()
+        value: object = None
+        error: str | None = "the read ended without an answer"
         try:
-            value = read()
-        except BaseException as err:  # handed to the collection, which decides what it means
-            future.set_exception(err)
-        else:
-            future.set_result((value, time.monotonic() - started))
+            value, error = read(), None
+        except SourceError as err:
+            error = str(err)
+        except Exception as err:  # a bug or an unexpected library error must not stop collection
+            log.exception("collector %s failed unexpectedly", name)
+            error = f"unexpected {type(err).__name__}: {err}"
+        finally:  # also when the thread is torn down by a BaseException: the collection never waits forever
+            if error is not None and len(error) > ERROR_CHARS:
+                error = error[:ERROR_CHARS] + "…"
+            future.set_result(_Outcome(value, error, time.monotonic() - started))
 
     threading.Thread(target=target, name=f"infermeter-read-{name}", daemon=True).start()
     return future
 
 
-def _costs(stats: EngineStats, gpus: Sequence[GpuSample], prices: Mapping[int, float],
+def _costs(stats: EngineStats, gpus: Sequence[GpuSample], prices: Sequence[float | None],
            analysis: Analysis | None) -> Costs | None:
-    """The engine's costs when every one of its GPUs has a price; the model only refines the split."""
-    if not gpus or any(g.index not in prices for g in gpus):
+    """The engine's costs when every GPU it owns (``prices``: readable now or not) has a price; the model
+    only refines the split."""
+    if not prices or any(p is None for p in prices):
         return None
     share = analysis.prompt_time_share if analysis is not None else engine_prompt_share(stats)
     utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
-    return costs(sum(prices[g.index] for g in gpus), stats, utilization, share)
+    return costs(sum(p for p in prices if p is not None), stats, utilization, share)
 
 
 def _used_memory(gpus: Sequence[GpuSample]) -> float | None:

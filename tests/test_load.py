@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 import resource
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import requests
@@ -22,7 +19,7 @@ from exporter.config import Config, EngineTarget
 from exporter.sources.engine import EngineSource
 from exporter.sources.nvml import NvmlSource
 from tests.fakes.engine import FakeEngine, FakeEngineServer
-from tests.fakes.nvml_specs import h100_node
+from tests.fakes.nvml_specs import h100_node, load_fake_pynvml
 from tests.process import ROOT, ExporterProcess, value, wait_for
 
 FIXTURE = ROOT / "tests" / "fixtures" / "engines" / "vllm-0.32.0-real-a.txt"
@@ -84,18 +81,6 @@ def test_200_concurrent_scrapes_while_collecting_8_gpus_and_8_engines(
         exporter.stop()
 
 
-def _fake_pynvml() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("infermeter_soak_pynvml", ROOT / "tests/fakes/pynvml_fake/pynvml.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize()
@@ -103,7 +88,7 @@ def _rss_bytes() -> int:
 
 def test_soak_10000_collection_cycles_without_growth() -> None:
     engine = FakeEngine(FIXTURE)
-    nvml = _fake_pynvml()
+    nvml = load_fake_pynvml()
     nvml.configure(h100_node(2))
     now = [1_000.0]
 

@@ -32,6 +32,9 @@ def get(session: requests.Session, url: str, deadline: float, max_bytes: int,
     try:
         with session.get(url, timeout=(min(remaining, 3.0), remaining), stream=True,
                          headers={"Accept": accept}, allow_redirects=False) as response:
+            if _declared_length(response) > max_bytes and "Content-Encoding" not in response.headers:
+                raise SourceError(f"response from {url} declares more than {max_bytes} bytes "
+                                  "(--max-body-bytes)")
             chunks: list[bytes] = []
             size = 0
             # read1: at most one socket read per chunk, so a body that trickles in a few bytes at a time
@@ -56,3 +59,12 @@ def get(session: requests.Session, url: str, deadline: float, max_bytes: int,
         raise SourceError(f"{reason}: {url}") from None
     except requests.exceptions.RequestException as err:
         raise SourceError(f"request to {url} failed: {type(err).__name__}") from None
+
+
+def _declared_length(response: requests.Response) -> int:
+    """The Content-Length the server declared (0 when absent or not a number): a body over the cap is
+    refused before a byte of it is read."""
+    try:
+        return int(response.headers.get("Content-Length", "0"))
+    except ValueError:
+        return 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 H100_MEMORY_TOTAL = 85_520_809_984  # bytes, what NVML reports for an H100 80GB HBM3
@@ -80,3 +83,18 @@ def h100_bench_node(n_gpus: int, call_delay_seconds: float, pids: list[int] | No
     gpus = [h100_sxm_full_gpu(i, pids[i % len(pids)] if pids else None) for i in range(n_gpus)]
     return {"missing": False, "driver_version": DRIVER_VERSION, "cuda_driver_version": 13000,
             "call_delay_seconds": call_delay_seconds, "gpus": gpus}
+
+
+def load_fake_pynvml() -> ModuleType:
+    """A private instance of the fake pynvml module, for in-process tests (configure() it, then pass it to
+    exporter.sources.nvml.NvmlSource); other instances and the real pynvml are untouched."""
+    path = Path(__file__).parent / "pynvml_fake" / "pynvml.py"
+    spec = importlib.util.spec_from_file_location("infermeter_private_pynvml", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
