@@ -10,7 +10,9 @@ import pytest
 from exporter.collection import Collection, engine_collector
 from exporter.config import Config, EngineTarget
 from exporter.sources.engine import EngineSource
+from exporter.sources.nvml import NvmlSource
 from tests.fakes.engine import FakeEngine, FakeEngineServer
+from tests.fakes.nvml_specs import h100_node, load_fake_pynvml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 
@@ -165,3 +167,35 @@ def test_a_derivation_bug_costs_one_engine_not_the_snapshot(
     monkeypatch.undo()
     clock.now += 1
     assert collection.run_once().engines[0].up
+
+
+def test_losing_a_gpu_moves_no_gpu_between_engines() -> None:
+    nvml = load_fake_pynvml()
+    node = h100_node(8)
+    nvml.configure(node)
+    engines = [FakeEngine(FIXTURES / "vllm-0.32.0-real-a.txt") for _ in range(2)]
+    with FakeEngineServer(engines[0]) as first, FakeEngineServer(engines[1]) as second:
+        clock = Clock()
+        config = Config(engines=(EngineTarget("a", first.url), EngineTarget("b", second.url)), interval=1.0,
+                        window=60.0, timeout=2.0, gpu_hourly_cost=2.0)
+        collection = Collection(config, NvmlSource(nvml), [EngineSource(t, 2.0, 1 << 24, clock=clock)
+                                                           for t in config.engines], clock=clock)
+
+        def owned() -> dict[str, tuple[tuple[str, ...], float | None]]:
+            clock.now += 1
+            views = collection.run_once().engines
+            return {v.name: (tuple(g.uuid for g in v.gpus), v.costs.per_hour if v.costs else None) for v in views}
+
+        uuids = [gpu["uuid"] for gpu in node["gpus"]]
+        before = owned()
+        assert before == {"a": (tuple(uuids[:4]), 8.0), "b": (tuple(uuids[4:]), 8.0)}
+        node["gpus"][1]["lost_after_reads"] = 0  # GPU 1 falls off the bus: listed, unreadable
+        nvml.configure(node)
+        lost = owned()
+        assert lost["a"] == ((uuids[0], *uuids[2:4]), 8.0)  # still billed for the GPU it cannot use
+        assert lost["b"] == before["b"]
+        nvml.configure({**node, "gpus": [g for i, g in enumerate(node["gpus"]) if i != 1]})  # gone, renumbered
+        assert owned() == lost
+        node["gpus"][1]["lost_after_reads"] = None  # back again
+        nvml.configure(node)
+        assert owned() == before
