@@ -1,13 +1,17 @@
 """Find the facts for each engine: its model's architecture and its GPUs' specs and price.
 
 Runs in the collection thread (never in a scrape); results are cached, and each thing that cannot
-be found is logged once with what to do about it.
+be found is logged once with what to do about it. Engines choose the model names and directories these
+caches are keyed by, so every cache is bounded: a few models per engine, a few hundred warnings
+remembered, and a few warnings per engine and topic before the rest go to the debug level.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,8 +22,25 @@ from exporter.derive.engine import EngineStats
 from exporter.derive.whatif import WhatIf
 from exporter.facts.gpus import GpuSpec, catalogue, find, spec_from_mapping
 from exporter.facts.models import ModelSpec, builtin, load
+from exporter.untrusted import short
 
 log = logging.getLogger(__name__)
+
+MODELS_PER_ENGINE = 4  # model specs remembered per engine (a rolling upgrade swaps between two)
+WARNINGS_REMEMBERED = 256  # warn_once keys remembered (the oldest is forgotten first)
+WARNINGS_PER_TOPIC = 5  # distinct warnings per topic (e.g. "model:ENGINE") and hour; the rest go to debug
+WARNING_PERIOD_SECONDS = 3600.0
+
+
+def _remember(cache: OrderedDict[str, None], key: str, limit: int) -> bool:
+    """Add ``key`` as the newest entry; False when it was there already. Keeps at most ``limit``."""
+    if key in cache:
+        cache.move_to_end(key)
+        return False
+    cache[key] = None
+    if len(cache) > limit:
+        cache.popitem(last=False)
+    return True
 
 
 class FactsResolver:
@@ -31,14 +52,36 @@ class FactsResolver:
         self._user_gpus: dict[str, GpuSpec] = {
             name: spec_from_mapping(name, fields, find(name))
             for name, fields in (config.gpu_specs or {}).items()}
-        self._models: dict[tuple[str, str, str], ModelSpec | None] = {}
-        self._said: set[str] = set()
+        self._models: dict[str, OrderedDict[tuple[str, str], ModelSpec | None]] = {}
+        self._said: OrderedDict[str, None] = OrderedDict()
+        self._topics: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (warnings, since)
         self._whatif: dict[str, tuple[GpuSpec, float | None]] | None = None
 
     def warn_once(self, key: str, message: str, *args: object) -> None:
-        if key not in self._said:
-            self._said.add(key)
+        """Log a warning the first time ``key`` (``TOPIC:ENGINE:VALUE``) is seen. An engine whose values
+        keep changing would log one per change: after WARNINGS_PER_TOPIC in an hour in a topic (the key's
+        first two fields) the rest of that hour are logged at debug level."""
+        if not _remember(self._said, key, WARNINGS_REMEMBERED):
+            return
+        topic = ":".join(key.split(":", 2)[:2])
+        now = time.monotonic()
+        said, since = self._topics.pop(topic, (0, now))
+        if now - since > WARNING_PERIOD_SECONDS:
+            said, since = 0, now
+        said += 1
+        self._topics[topic] = (said, since)
+        if len(self._topics) > WARNINGS_REMEMBERED:
+            self._topics.popitem(last=False)
+        if said < WARNINGS_PER_TOPIC:
             log.warning(message, *args)
+        elif said == WARNINGS_PER_TOPIC:
+            log.warning(message + " (further %s warnings this hour are logged at debug level)", *args, topic)
+        else:
+            log.debug(message, *args)
+
+    def cached_entries(self) -> int:
+        """How many entries the caches hold (they are bounded; a test checks it)."""
+        return sum(len(models) for models in self._models.values()) + len(self._said) + len(self._topics)
 
     def gpu(self, nvml_name: str) -> GpuSpec | None:
         spec = find(nvml_name, self._user_gpus)
@@ -68,10 +111,16 @@ class FactsResolver:
         return self._whatif
 
     def model(self, engine: str, served: str, root: str | None) -> ModelSpec | None:
-        key = (engine, served, root or "")
-        if key not in self._models:
-            self._models[key] = self._find_model(engine, served, root)
-        return self._models[key]
+        """The spec of the model ``engine`` serves (cached: the MODELS_PER_ENGINE last ones per engine)."""
+        cache = self._models.setdefault(engine, OrderedDict())
+        key = (served, root or "")
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        spec = cache[key] = self._find_model(engine, served, root)
+        if len(cache) > MODELS_PER_ENGINE:
+            cache.popitem(last=False)
+        return spec
 
     def _find_model(self, engine: str, served: str, root: str | None) -> ModelSpec | None:
         configured = _configured(self.config.model_configs or {}, engine)
@@ -81,23 +130,24 @@ class FactsResolver:
             except (OSError, ValueError) as err:  # checked at start; the file may have changed since
                 self.warn_once(f"model-config:{configured}", "engine %s: cannot read --model-config %s: %s",
                            engine, configured, err)
-        if root and os.path.isfile(Path(root) / "config.json"):
+        if root and os.path.isfile(Path(root) / "config.json"):  # False, not an error, for a NUL byte
             try:
                 spec = load(root)
             except (OSError, ValueError) as err:
-                self.warn_once(f"root:{root}", "engine %s: cannot use the model directory %s: %s", engine, root, err)
+                self.warn_once(f"root:{engine}:{root}", "engine %s: cannot use the model directory %s: %s", engine,
+                               short(root, 200), err)
             else:
-                log.info("engine %s: model architecture from %s/config.json", engine, root)
+                log.info("engine %s: model architecture from %s/config.json", engine, short(root, 200))
                 return spec
         for name in (served, Path(root).name if root else ""):
             known = builtin(name) if name else None
             if known is not None:
-                log.info("engine %s: model architecture of %r from the built-in catalogue (%s)", engine, served,
-                         known.source)
+                log.info("engine %s: model architecture of %s from the built-in catalogue (%s)", engine,
+                         short(served), known.source)
                 return known
-        self.warn_once(f"model:{engine}:{served}", "engine %s: no architecture known for model %r: expected "
+        self.warn_once(f"model:{engine}:{served}", "engine %s: no architecture known for model %s: expected "
                    "performance and right-sizing are not computed. Pass --model-config %s=PATH/config.json",
-                   engine, served, engine)
+                   engine, short(served), engine)
         return None
 
 

@@ -7,7 +7,7 @@ emits no series for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -51,10 +51,13 @@ class NvmlReading:
 
 @dataclass(frozen=True)
 class Histogram:
-    """A classic Prometheus histogram: cumulative counts per upper bound, the last bound +Inf."""
+    """A classic Prometheus histogram: cumulative counts per upper bound, the last bound +Inf.
+
+    The counts are a tuple, except in a sample window, which keeps them as an ``array('d')`` (8 bytes a
+    count instead of 32; exporter.derive.window); neither is ever changed after it is made."""
 
     bounds: tuple[float, ...]
-    cumulative_counts: tuple[float, ...]
+    cumulative_counts: Sequence[float]
     sum: float
     count: float
 

@@ -117,6 +117,9 @@ def check_exposition(text: str, identity: EngineIdentity | None = None, *,
     try:
         sample = adapter.adapt(exposition, 1.0, identity if identity is not None else
                                (TGI_IDENTITY if adapter.kind == "tgi" else None))
+    except SourceError as err:  # the engine's error (a negative counter, too many buckets): one line
+        assert len(str(err).splitlines()) == 1
+        return None
     except (OverflowError, ValueError) as err:
         if "fsum" in str(err) and "fsum-error" in tolerate:
             return None

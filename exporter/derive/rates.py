@@ -72,7 +72,8 @@ def _is_reset(prev: Histogram, curr: Histogram) -> bool:
 def histogram_increase(hists: Sequence[Histogram]) -> Histogram | None:
     """The histogram of the observations made between the first and the last sample.
 
-    ``hists`` are successive samples of one cumulative histogram, oldest first. For each
+    ``hists`` are successive samples of one cumulative histogram, oldest first (their counts any
+    sequence: a window keeps them in arrays, exporter.derive.window). For each
     consecutive pair the increase is the difference of every cumulative bucket count, of the
     sum and of the count, unless there was a reset between them, in which case the later
     sample's own values are the increase for that pair (it restarted from zero). A reset is:
@@ -104,7 +105,7 @@ def histogram_increase(hists: Sequence[Histogram]) -> Histogram | None:
     for i in range(1, len(hists) + 1):
         layout_changed = False
         if i < len(hists):
-            layout_changed = hists[i].bounds != hists[i - 1].bounds
+            layout_changed = hists[i].bounds is not hists[i - 1].bounds and hists[i].bounds != hists[i - 1].bounds
             if not layout_changed and not _is_reset(hists[i - 1], hists[i]):
                 continue
         # A reset before hists[i], or the end: close the run hists[start .. i-1].

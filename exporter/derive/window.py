@@ -1,10 +1,21 @@
-"""A sliding window of one engine's samples."""
+"""A sliding window of one engine's samples, stored compactly.
+
+The window holds up to config.MAX_WINDOW_SAMPLES samples per engine, each with up to five latency
+histograms of up to exposition.MAX_BUCKETS buckets. Stored as read, a bucket costs 32 bytes for its count
+(a float object and its pointer) and 32 more for its bound: 1000 x 5 x 256 x 64 bytes = 82 MB for one
+engine. So a sample is stored with its histogram counts in an ``array('d')`` (8 bytes a bucket) and its
+bounds, model label and engine config shared with the sample before it when they are equal (they are,
+but across an engine restart or upgrade): 1000 x 5 x 256 x 8 bytes = 10 MB at the caps, about 13 MB
+with everything else a sample holds (docs/engines.md, "Limits").
+"""
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
+from dataclasses import replace
 
-from exporter.samples import EngineSample
+from exporter.samples import EngineSample, Histogram
 
 
 class SampleWindow:
@@ -18,7 +29,7 @@ class SampleWindow:
         if self._samples and (self._samples[-1].kind != sample.kind
                               or sample.timestamp <= self._samples[-1].timestamp):
             self._samples.clear()  # another engine behind the URL, or the clock went back
-        self._samples.append(sample)
+        self._samples.append(compact(sample, self._samples[-1] if self._samples else None))
         oldest = sample.timestamp - self.seconds
         while self._samples and self._samples[0].timestamp < oldest:
             self._samples.popleft()
@@ -28,3 +39,17 @@ class SampleWindow:
 
     def clear(self) -> None:
         self._samples.clear()
+
+
+def compact(sample: EngineSample, previous: EngineSample | None) -> EngineSample:
+    """``sample`` with its histogram counts in arrays, and what equals ``previous``'s shared with it."""
+    histograms = {}
+    for name, histogram in sample.histograms.items():
+        before = previous.histograms.get(name) if previous is not None else None
+        bounds = before.bounds if before is not None and before.bounds == histogram.bounds else histogram.bounds
+        histograms[name] = Histogram(bounds, array("d", histogram.cumulative_counts), histogram.sum, histogram.count)
+    model_label, config = sample.model_label, sample.config
+    if previous is not None:
+        model_label = previous.model_label if previous.model_label == model_label else model_label
+        config = previous.config if previous.config == config else config
+    return replace(sample, histograms=histograms, model_label=model_label, config=config)

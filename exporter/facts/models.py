@@ -54,6 +54,10 @@ with ``quant_config=None``) -- stays in the unquantised dtype:
 
 The weight dtype reported is ``int4`` (4-bit), ``int8`` (8-bit integer), ``fp8`` (8-bit float) or
 the unquantised dtype. Other quantisation methods raise ``ValueError``.
+
+A ``config.json`` may come from the model directory an engine reports, so it is read as untrusted: at
+most MAX_CONFIG_BYTES of a regular file, the architecture (an exported label) must be a class name, and
+every error is one short line that quotes at most a short repr of a value.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -69,6 +75,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from exporter import untrusted
+from exporter.untrusted import short
+
+# Real config.json files are a few kilobytes (the shipped ones at most 2 KB; a multimodal or heavily
+# quantised one some tens): anything larger is not read.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# The architecture is a Python class name in Hugging Face transformers (LlamaForCausalLM); it becomes a label.
+ARCHITECTURE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 _GEMMA_TYPES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
 _BF16_WHEN_FP32 = frozenset({"gemma2", "gemma3", "gemma3_text", "plamo2", "glm4"})
 _QKV_BIAS_TYPES = frozenset({"qwen2", "qwen2_moe"})
@@ -118,8 +132,12 @@ class ModelSpec:
 # ------------------------------------------------------------------------------------------ parsing
 
 
-def _fail(source: str, what: str) -> ValueError:
-    return ValueError(f"model config {source}: {what}")
+class ModelConfigError(ValueError):
+    """A config.json that infermeter cannot use; the message is one line."""
+
+
+def _fail(source: str, what: str) -> ModelConfigError:
+    return ModelConfigError(f"model config {source}: {what}")
 
 
 def _int(config: Mapping[str, Any], key: str, source: str, default: int | None = None) -> int:
@@ -129,7 +147,7 @@ def _int(config: Mapping[str, Any], key: str, source: str, default: int | None =
             raise _fail(source, f"missing {key}")
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _fail(source, f"{key} must be a positive integer, got {value!r}")
+        raise _fail(source, f"{key} must be a positive integer, got {short(value)}")
     return value
 
 
@@ -137,12 +155,12 @@ def _base_dtype(config: Mapping[str, Any], model_type: str, source: str, overrid
     if override is not None:
         dtype = _DTYPE_NAMES.get(override.lower())
         if dtype is None:
-            raise _fail(source, f"dtype {override!r} is not one of bf16, fp16, fp32")
+            raise _fail(source, f"dtype {short(override)} is not one of bf16, fp16, fp32")
         return dtype
     raw = config.get("torch_dtype", config.get("dtype"))
     dtype = _DTYPE_NAMES.get(str(raw).lower()) if raw is not None else "fp32"
     if dtype is None:
-        raise _fail(source, f"torch_dtype {raw!r} is not bfloat16, float16 or float32")
+        raise _fail(source, f"torch_dtype {short(raw)} is not bfloat16, float16 or float32")
     if dtype == "fp32":  # served in 16 bits by default (module docstring)
         return "bf16" if model_type in _BF16_WHEN_FP32 else "fp16"
     return dtype
@@ -194,12 +212,62 @@ class _Quant:
         return total
 
 
-def _names(value: Any) -> tuple[str, ...]:
+MAX_SKIP_NAMES = 10_000  # module names a quantization config may leave unquantised (real: a few hundred)
+MAX_PATTERN_CHARS = 256
+
+
+def _nested_repetition(pattern: str) -> bool:
+    """Whether a repeated group holds a repetition or an alternation, e.g. ``(a+)+`` or ``(a|a)*``: Python's
+    re may take exponential time on such a pattern, and nothing bounds a regex's time. Conservative: some
+    harmless patterns, such as ``(a|b)*``, are refused too."""
+    stack: list[bool] = []  # per open group: whether it repeats or alternates inside
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            position += 2
+            continue
+        if char == "[":  # a character class repeats nothing by itself; skip to its end
+            end = pattern.find("]", position + 2)
+            position = end + 1 if end != -1 else len(pattern)
+            continue
+        if char == "(":
+            stack.append(False)
+        elif char == ")" and stack:
+            inner = stack.pop()
+            after = pattern[position + 1:position + 2]
+            if inner and (after in ("*", "+") or (after == "{" and "," in pattern[position + 1:].split("}", 1)[0])):
+                return True
+            if stack:
+                stack[-1] = stack[-1] or inner
+        elif char in "*+|{" and stack:
+            stack[-1] = True
+        position += 1
+    return False
+
+
+def _names(value: Any, source: str = "") -> tuple[str, ...]:
+    """Module names (or ``re:`` patterns) from a quantization config, checked: a bounded list, and only
+    patterns that compile and cannot backtrack exponentially (the file comes from the engine's model
+    directory, so its patterns are not trusted)."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(item) for item in value)
+    names = (value,) if isinstance(value, str) else tuple(str(item) for item in value)
+    if len(names) > MAX_SKIP_NAMES:
+        raise _fail(source, f"quantization_config lists {len(names)} modules to leave unquantised "
+                            f"(at most {MAX_SKIP_NAMES})")
+    for name in names:
+        if not name.startswith("re:"):
+            continue
+        pattern = name[3:]
+        if len(pattern) > MAX_PATTERN_CHARS or _nested_repetition(pattern):
+            raise _fail(source, f"quantization_config pattern {short(name, 60)} is refused: longer than "
+                                f"{MAX_PATTERN_CHARS} characters or a repeated group that repeats again")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise _fail(source, f"quantization_config pattern {short(name, 60)} is not a regex: {err}") from None
+    return names
 
 
 def _quant(config: Mapping[str, Any], source: str) -> _Quant | None:
@@ -224,7 +292,7 @@ def _quant(config: Mapping[str, Any], source: str) -> _Quant | None:
             index_bytes_per_input=4.0 if method == "gptq" else 0.0,
             extra_bytes=0.0,
             block=None,
-            skip=_names(qc.get("modules_to_not_convert")),
+            skip=_names(qc.get("modules_to_not_convert"), source),
         )
     if method == "fp8":
         block = qc.get("weight_block_size")
@@ -233,7 +301,7 @@ def _quant(config: Mapping[str, Any], source: str) -> _Quant | None:
             dtype="fp8", bits=8, group_size=None, per_channel=False, scale_bytes=4.0, zero_bytes=0.0,
             index_bytes_per_input=0.0, extra_bytes=4.0 if static else 0.0,
             block=(int(block[0]), int(block[1])) if block else None,
-            skip=_names(qc.get("ignored_layers", qc.get("modules_to_not_convert"))),
+            skip=_names(qc.get("ignored_layers", qc.get("modules_to_not_convert")), source),
         )
     if method == "compressed-tensors":
         groups = qc.get("config_groups") or {}
@@ -262,9 +330,9 @@ def _quant(config: Mapping[str, Any], source: str) -> _Quant | None:
             extra_bytes=2.0 if static_input else 0.0,
             block=(int(block_structure[0]), int(block_structure[1]))
             if strategy == "block" and block_structure else None,
-            skip=tuple(name for name in _names(qc.get("ignore")) if name != "lm_head"),
+            skip=tuple(name for name in _names(qc.get("ignore"), source) if name != "lm_head"),
         )
-    raise _fail(source, f"quantization_config.quant_method {method!r} is not supported "
+    raise _fail(source, f"quantization_config.quant_method {short(method)} is not supported "
                         "(awq, gptq, fp8, compressed-tensors)")
 
 
@@ -282,13 +350,31 @@ def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def from_config(config: Mapping[str, Any], name: str, source: str, *, dtype: str | None = None) -> ModelSpec:
     """A model spec from a parsed ``config.json``. ``dtype`` overrides the served unquantised dtype
-    (``bf16``/``fp16``/``fp32``). Raises ``ValueError("model config <source>: <what is wrong>")``."""
+    (``bf16``/``fp16``/``fp32``). Raises ``ValueError("model config <source>: <what is wrong>")``, one
+    short line, whatever the file holds."""
+    try:
+        return _from_config(config, name, source, dtype)
+    except ModelConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as err:
+        # a field of the wrong type or size (int("x"), 1e400 layers); the error's own text may quote all of it
+        raise _fail(source, f"unusable content ({type(err).__name__}: {short(str(err))})") from None
+
+
+def _architecture(config: Mapping[str, Any], model_type: str, source: str) -> str:
+    architectures = config.get("architectures") or [model_type or "unknown"]
+    first = architectures[0] if isinstance(architectures, list) and architectures else architectures
+    if not isinstance(first, str) or not ARCHITECTURE.fullmatch(first):
+        raise _fail(source, f"architectures {short(first)} is not a class name")
+    return first
+
+
+def _from_config(config: Mapping[str, Any], name: str, source: str, dtype: str | None) -> ModelSpec:
     if not isinstance(config, Mapping):
         raise _fail(source, "is not a JSON object")
     config = _text_config(config)
     model_type = str(config.get("model_type", "")).lower()
-    architectures = config.get("architectures") or [model_type or "unknown"]
-    architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else str(architectures)
+    architecture = _architecture(config, model_type, source)
 
     d = _int(config, "hidden_size", source)
     layers = _int(config, "num_hidden_layers", source)
@@ -390,14 +476,38 @@ def load(path: str | Path, *, dtype: str | None = None) -> ModelSpec:
     file = Path(path)
     if file.is_dir():
         file = file / "config.json"
+    source = untrusted.label(str(file))  # also the spec_source label
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        text = read_bounded(file, MAX_CONFIG_BYTES)
     except OSError as err:
-        raise _fail(str(file), f"cannot read: {err.strerror or err}") from None
+        raise _fail(source, f"cannot read: {err.strerror or err}") from None
+    except ValueError as err:
+        raise _fail(source, str(err)) from None
+    try:
+        config = json.loads(text)
     except json.JSONDecodeError as err:
-        raise _fail(str(file), f"is not valid JSON: {err.msg} at line {err.lineno}") from None
+        raise _fail(source, f"is not valid JSON: {err.msg} at line {err.lineno}") from None
+    except (ValueError, RecursionError) as err:  # an integer of too many digits; arrays nested too deep
+        raise _fail(source, f"is not usable JSON ({type(err).__name__})") from None
     name = file.parent.name if file.name == "config.json" else file.stem
-    return from_config(config, name, str(file), dtype=dtype)
+    return from_config(config, name, source, dtype=dtype)
+
+
+def read_bounded(file: Path, limit: int) -> str:
+    """The text of a regular file of at most ``limit`` bytes; ValueError (one line) for anything else: a
+    FIFO or a device (never waited on or read), a larger file, text that is not UTF-8."""
+    descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"is larger than {limit} bytes: not a model config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
 
 
 # ------------------------------------------------------------------------------------------ built-ins

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from exporter.samples import EngineIdentity, EngineSample, Histogram
 from exporter.sources import SourceError
 from exporter.sources.exposition import Exposition, family_base, finite_sum
+from exporter.untrusted import short
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,16 @@ class EngineNames:
     # Label carrying the model name on the engine's series, if any.
     model_label: str | None = None
 
-    def first_total(self, exposition: Exposition, candidates: tuple[str, ...]) -> float | None:
+    def first_total(self, exposition: Exposition, candidates: tuple[str, ...], *,
+                    counter: bool = False) -> float | None:
+        """The total of the first of ``candidates`` the engine serves. For a ``counter``, a series below zero
+        fails the read (check_sample says why)."""
         for name in candidates:
+            if counter:
+                negative = next((v for _, v in exposition.series(name) if v < 0), None)
+                if negative is not None:
+                    raise SourceError(f"counter {name} has a negative series ({negative:g}): the engine's metrics "
+                                      "are broken")
             value = exposition.total(name)
             if value is not None:
                 return value
@@ -74,7 +83,7 @@ class EngineNames:
     def sample(self, exposition: Exposition, timestamp: float) -> EngineSample:
         """The canonical sample from the name tables alone (adapters add engine-specific fields)."""
         counters = {k: v for k, names in self.counters.items()
-                    if (v := self.first_total(exposition, names)) is not None}
+                    if (v := self.first_total(exposition, names, counter=True)) is not None}
         gauges = {k: v for k, names in self.gauges.items()
                   if (v := self.first_total(exposition, names)) is not None}
         histograms = {k: h for k, names in self.histograms.items()
@@ -84,15 +93,29 @@ class EngineNames:
 
 
 MODELS_SHOWN = 20  # an error line names at most this many models
+MODEL_CHARS_SHOWN = 60  # and each in at most about this many characters
 
 
 def pinned_model_absent(model: str, present: Iterable[str]) -> SourceError:
     """The one-line error of a read whose pinned model (--engine-model) is not in the engine's metrics."""
     names = sorted(set(present))
-    shown = ", ".join(repr(n) for n in names[:MODELS_SHOWN])
+    shown = ", ".join(short(n, MODEL_CHARS_SHOWN) for n in names[:MODELS_SHOWN])
     more = f" and {len(names) - MODELS_SHOWN} more" if len(names) > MODELS_SHOWN else ""
     return SourceError(f"model {model!r} (--engine-model) is not in the engine's metrics; models there: "
                        f"{shown or 'none'}{more}")
+
+
+def check_sample(sample: EngineSample) -> None:
+    """Raise SourceError (one line) when the engine's counters or histogram counts are negative: a counter
+    only goes up from zero (the OpenMetrics counter; client libraries refuse a negative increment), and
+    Prometheus refuses a native histogram with a negative count (model/histogram/float_histogram.go,
+    FloatHistogram.Validate). A rate over such values would come out negative."""
+    for name, value in sample.counters.items():
+        if value < 0:
+            raise SourceError(f"counter {name} is negative ({value:g}): the engine's metrics are broken")
+    for name, histogram in sample.histograms.items():
+        if histogram.count < 0 or (histogram.cumulative_counts and histogram.cumulative_counts[0] < 0):
+            raise SourceError(f"histogram {name} has a negative count: the engine's metrics are broken")
 
 
 def capacity_weighted_mean(usage: Sequence[tuple[str, float]], capacity: Mapping[str, float]) -> float | None:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from exporter import untrusted
 from exporter.samples import EngineIdentity, EngineSample
 from exporter.sources.engines import Adapter, EngineNames, check_pin
 from exporter.sources.exposition import Exposition
@@ -41,7 +42,9 @@ BATCH_TOKENS = "tgi_batch_current_max_tokens"
 def adapt(exposition: Exposition, timestamp: float, identity: EngineIdentity | None, *,
           model: str | None = None) -> EngineSample:
     # one model per server and no model label: a pin is checked against /info's model_id once it is read
-    check_pin(model, (identity.model,) if identity is not None and identity.model else ())
+    # (the identity's model is cut to fit a label: the pin is compared in the same form)
+    check_pin(untrusted.label(model) if model is not None else None,
+              (identity.model,) if identity is not None and identity.model else ())
     base = NAMES.sample(exposition, timestamp)
     gauges = dict(base.gauges)
     capacity = identity.max_batch_total_tokens if identity else None

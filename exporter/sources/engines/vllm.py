@@ -121,10 +121,17 @@ def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | 
                         histograms=base.histograms, model_label=base.model_label, config=cache_config(exposition))
 
 
+# cache_config_info labels kept in a sample (the analytic model reads these), and their longest value:
+# every sample of the window keeps them, so nothing else an engine puts there is held.
+CONFIG_KEYS = ("block_size", "cache_dtype", "gpu_memory_utilization", "num_gpu_blocks")
+CONFIG_VALUE_CHARS = 64
+
+
 def cache_config(exposition: Exposition) -> dict[str, str]:
-    """The first data-parallel rank's cache_config_info labels (the ranks share one config)."""
+    """The first data-parallel rank's cache_config_info labels in CONFIG_KEYS (the ranks share one config)."""
     series = exposition.series(CACHE_CONFIG)
-    return {k: v for k, v in series[0][0].items() if k != "engine"} if series else {}
+    labels = series[0][0] if series else {}
+    return {k: v for k in CONFIG_KEYS if (v := labels.get(k)) is not None and len(v) <= CONFIG_VALUE_CHARS}
 
 
 IDENTITY_PATHS = ("/v1/models", "/version")
