@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__
+from exporter import __version__, logs
 from exporter.collection import NVML, Collection, NvmlReader
 from exporter.collector import SnapshotCollector
 from exporter.config import Config, ConfigError, describe, load_config
@@ -96,27 +97,65 @@ def run(config: Config, stop: threading.Event) -> int:
     return 0
 
 
+# what a shell reports for a command killed by SIGPIPE (128 + 13), as `yes | head` shows for `yes`
+EXIT_BROKEN_PIPE = 128 + int(getattr(signal, "SIGPIPE", 13))
+T = TypeVar("T")
+
+
+def _report(args: list[str]) -> int:
+    from exporter import report
+
+    return report.main(args)
+
+
+def _plan(args: list[str]) -> int:
+    from exporter import plan
+
+    return plan.main(args)
+
+
+def _simulate(args: list[str]) -> int:
+    from exporter import simulate
+
+    return simulate.main(args)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"report": _report, "plan": _plan, "simulate": _simulate}
+
+
+def quiet_on_closed_stdout(action: Callable[[], T]) -> T | None:
+    """``action()``, with stdout flushed; None, without a traceback, when the reader has gone (``| head``).
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError; Unix tools just stop.
+    stdout is then pointed at /dev/null so that the interpreter's own flush at exit stays quiet too.
+    """
+    try:
+        try:
+            return action()
+        finally:  # the end of the text may still sit in the buffer
+            sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout is not a file (a test's StringIO): nothing left to flush
+            pass
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["report"]:
-        from exporter import report
-
-        return report.main(args[1:])
-    if args[:1] == ["plan"]:
-        from exporter import plan
-
-        return plan.main(args[1:])
-    if args[:1] == ["simulate"]:
-        from exporter import simulate
-
-        return simulate.main(args[1:])
+    subcommand = SUBCOMMANDS.get(args[0]) if args else None
+    if subcommand is not None:
+        status = quiet_on_closed_stdout(lambda: subcommand(args[1:]))
+        return EXIT_BROKEN_PIPE if status is None else status
     try:
-        config = load_config(args, os.environ)
+        config = load_config(args, os.environ)  # --help and --version: argparse ignores a closed stdout itself
     except ConfigError as err:
         print(f"infermeter: configuration error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(config.log_level)  # every record bounded: engines choose some of what is logged
     log.info("configuration: %s", describe(config))
     stop = threading.Event()
 

@@ -344,8 +344,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.config.file", "TLS and basic-auth settings for /metrics, in the format of Prometheus' "
             "exporter-toolkit (tls_server_config, basic_auth_users with bcrypt hashes).", _web_config, None,
             "FILE"),
-    Setting("demo", "Run against a built-in simulated vLLM engine on simulated GPUs (clearly marked as such), "
-            "to see every metric move without a GPU.", _boolean, False, boolean=True),
+    Setting("demo", "Run against three built-in simulated vLLM engines on simulated GPUs (clearly marked as "
+            "such), to see every metric move without a GPU. Refused with --engine or --model-config.",
+            _boolean, False, boolean=True),
     Setting("config", "YAML or TOML file with any of these settings as keys.", _path, None, "FILE"),
 )
 
@@ -386,15 +387,35 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _parse_problem(err: Exception) -> str:
+    """Where and what a YAML or TOML parser found wrong, on one line: `` at line 3, column 7: problem``.
+
+    PyYAML's marks count from 0 and its message spans lines (with the offending text); tomllib's message
+    already ends with "(at line L, column C)".
+    """
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
+        problem += f" ({context} that starts at line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{where}: {' '.join(str(problem).split())}"
+
+
 def load_file(path: str) -> dict[str, Any]:
     """Read a YAML or TOML config file into {setting name: raw value}."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config: {path!r} is not UTF-8 text (byte {err.start})") from None
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         raise ConfigError(f"--config: cannot read {path!r}: {getattr(err, 'strerror', None) or err}") from None
+    kind = "TOML" if file.suffix.lower() == ".toml" else "YAML"
     try:
-        if file.suffix.lower() == ".toml":
+        if kind == "TOML":
             if sys.version_info >= (3, 11):
                 import tomllib
             else:  # pragma: no cover - Python 3.10
@@ -405,9 +426,7 @@ def load_file(path: str) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
     except Exception as err:  # both parsers raise their own error types
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"--config: {path!r} is not valid {file.suffix.lstrip('.').upper() or 'YAML'}: "
-                          f"{first_line}") from None
+        raise ConfigError(f"--config: {path!r} is not valid {kind}{_parse_problem(err)}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"--config: {path!r} must hold a mapping of setting names to values")
     flat = _flatten(data)
@@ -461,6 +480,20 @@ def _parse(setting: Setting, raw: object, origin: str) -> Any:
         raise ConfigError(f"{label} ({origin}): {err}") from None
 
 
+# settings --demo would replace with its own: refused beside it rather than dropped in silence
+DEMO_REPLACES = ("engine", "model-config")
+
+
+def _check_demo(values: Mapping[str, Any], raw: Mapping[str, tuple[object, str]]) -> None:
+    if not values["demo"]:
+        return
+    for name in DEMO_REPLACES:
+        if values[name]:
+            raise ConfigError(f"--demo ({raw['demo'][1]}) cannot be combined with {BY_NAME[name].flag} "
+                              f"({raw[name][1]}): the demo reads only its simulated engines and models; drop "
+                              f"--demo to read yours")
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build the validated Config from flags, environment, the optional file and defaults."""
     env = dict(environ) if environ is not None else {}
@@ -470,6 +503,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     raw = _raw_values(args, env, file_values)
     values = {name: _parse(BY_NAME[name], value, origin) for name, (value, origin) in raw.items()}
 
+    _check_demo(values, raw)
     engines: list[EngineTarget] = values["engine"]
     names = [e.name for e in engines]
     duplicates = sorted({n for n in names if names.count(n) > 1})

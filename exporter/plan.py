@@ -12,22 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-import requests
-
-from exporter import report
+from exporter import remote, report
 from exporter.config import PRICING_MODELS, ConfigError, load_config
 from exporter.derive import plan as planner
 from exporter.derive import roofline
 from exporter.facts import gpus as gpu_facts
 from exporter.facts import models as model_facts
 from exporter.facts.gpus import GpuSpec
+from exporter.formatting import dollars
 
 PROG = "infermeter plan"
 P = "infermeter_"
@@ -35,10 +36,6 @@ P = "infermeter_"
 
 class UsageError(Exception):
     """A bad input: one line, exit status 2."""
-
-
-class ReadError(Exception):
-    """--from could not be read: one line, exit status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,18 +188,6 @@ class Observed:
                 "requests_per_second": self.requests_per_second}
 
 
-def read_samples(url: str, timeout: float) -> list[report.Sample]:
-    """The samples of a Prometheus server (it answers /api/v1/status/buildinfo) or of an exporter."""
-    try:
-        probe = requests.get(url.rstrip("/") + "/api/v1/status/buildinfo", timeout=timeout)
-        is_prometheus = probe.status_code == 200 and probe.json().get("status") == "success"
-    except (requests.RequestException, ValueError, AttributeError):
-        is_prometheus = False
-    if is_prometheus:
-        return report.prometheus_samples(url, timeout)
-    return report.exporter_samples(url, timeout)
-
-
 def _instance(labels: Mapping[str, str]) -> str:
     return "/".join(labels.get(k, "") for k in report.INSTANCE_LABELS if labels.get(k))
 
@@ -248,9 +233,7 @@ def observe(url: str, engine: str | None, samples: Sequence[report.Sample]) -> O
 
 
 def _money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"${value:,.2f}" if value >= 0.1 else f"${value:.3g}"
+    return "-" if value is None else dollars(value)
 
 
 def _time(value: float | None) -> str:
@@ -263,10 +246,14 @@ def _count(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-COLUMNS = ("#", "GPU", "TP", "replicas", "GPUs", "KV tokens", "batch", "limit", "TPOT", "TTFT", "bound",
-           "req/s/rep", "$/h", "$/request", "$/M tokens")
-RIGHT = {"#", "TP", "replicas", "GPUs", "KV tokens", "batch", "TPOT", "TTFT", "req/s/rep", "$/h", "$/request",
-         "$/M tokens"}
+# the table fits 100 columns; the JSON keeps what it leaves out (KV tokens, the decode bound, $/request)
+COLUMNS = ("#", "GPU", "TP", "replicas", "GPUs", "batch", "TPOT", "TTFT", "req/s/rep", "$/h", "$/M tok")
+RIGHT = {"#", "TP", "replicas", "GPUs", "batch", "TPOT", "TTFT", "req/s/rep", "$/h", "$/M tok"}
+# what limits the batch, as the table's batch column says it
+LIMITS = {"kv_cache": "kv", "tpot": "tpot", "max_batch": "max"}
+MAX_WIDTH = 100
+# GPU names longer than this are cut (only names a config file adds; the catalogue's are shorter)
+GPU_WIDTH = 16
 
 
 def table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUMNS) -> list[str]:
@@ -286,12 +273,39 @@ def short(gpu: str) -> str:
     return gpu[len("NVIDIA "):] if gpu.startswith("NVIDIA ") else gpu
 
 
+def _cell_gpu(gpu: str) -> str:
+    name = short(gpu)
+    return name if len(name) <= GPU_WIDTH else name[:GPU_WIDTH - 2] + ".."
+
+
+def _batch(candidate: planner.Candidate) -> str:
+    """B* and what limits it: ``23 kv``, ``879 tpot``, ``1,024 max``."""
+    if candidate.batch is None:
+        return "-"
+    limit = LIMITS.get(candidate.batch_limit or "", candidate.batch_limit or "")
+    return f"{candidate.batch:,} {limit}".rstrip()
+
+
+_NUMBER_UNIT = re.compile(r"(\d) (bytes|GB|GiB|MB|ms|s|x|tokens?|requests?/s)\b")
+
+
+def _fill(text: str, indent: int) -> list[str]:
+    """``text`` wrapped to MAX_WIDTH columns, continuation lines indented by ``indent``."""
+    if len(text) <= MAX_WIDTH:
+        return [text]
+    # textwrap breaks only at ASCII spaces: "74.8 GB" and "--slo-ttft / --slo-tpot" stay whole
+    glued = _NUMBER_UNIT.sub("\\1\u00a0\\2", text).replace(" / ", "\u00a0/\u00a0")
+    return [line.replace("\u00a0", " ") for line in textwrap.wrap(
+        glued, MAX_WIDTH, subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False)]
+
+
 def render(result: planner.Plan, notes: Sequence[str]) -> str:
     m, w, slo = result.model, result.workload, result.slo
     kv = roofline.kv_bytes_per_token(m, roofline.kv_dtype_bytes(result.kv_cache_dtype, m))
+    label = len("  targets  ")  # where the header's values start
     lines = [
-        f"plan for {m.name} ({m.architecture}, {m.weight_dtype} weights {m.weight_bytes / 1e9:,.1f} GB; "
-        f"KV cache {result.kv_cache_dtype}, {kv:,.0f} bytes per token)",
+        *_fill(f"plan for {m.name} ({m.architecture}, {m.weight_dtype} weights {m.weight_bytes / 1e9:,.1f} GB; "
+               f"KV cache {result.kv_cache_dtype}, {kv:,.0f} bytes per token)", 2),
         f"  load     {w.requests_per_second:g} requests/s of {w.prompt_tokens:,.0f} prompt + "
         f"{w.output_tokens:,.0f} output tokens",
         f"  targets  TTFT {_time(slo.ttft_seconds)}, TPOT {_time(slo.tpot_seconds)} (mean request; queueing not "
@@ -299,28 +313,32 @@ def render(result: planner.Plan, notes: Sequence[str]) -> str:
         f"  prices   {result.pricing}, per GPU-hour",
     ]
     if result.basis == "calibrated":
-        c = result.calibration
-        lines.append(f"  basis    calibrated: decode at {_ratio(c.decode)} and prefill at {_ratio(c.prefill)} of the "
-                     f"roofline ({c.source})")
+        cal = result.calibration
+        lines += _fill(f"  basis    calibrated: decode at {_ratio(cal.decode)} and prefill at {_ratio(cal.prefill)} "
+                       f"of the roofline ({cal.source})", label)
     else:
         lines.append("  basis    roofline: an upper bound on speed, so a lower bound on cost (calibrate: --from)")
-    lines.extend(f"  note     {note}" for note in notes)
+    for note in notes:
+        lines += _fill(f"  note     {note}", label)
     feasible = [c for c in result.candidates if c.feasible]
-    rows = [[str(i), short(c.gpu), str(c.tensor_parallel), _count(c.replicas), _count(c.gpus),
-             _count(c.kv_cache_tokens), _count(c.batch), c.batch_limit or "-", _time(c.tpot_seconds),
-             _time(c.ttft_seconds), c.bound or "-",
-             _count(c.requests_per_second_per_replica, 2), _money(c.dollars_per_hour), _money(c.dollars_per_request),
-             _money(c.dollars_per_million_tokens)] for i, c in enumerate(feasible, 1)]
+    rows = [[str(i), _cell_gpu(c.gpu), str(c.tensor_parallel), _count(c.replicas), _count(c.gpus), _batch(c),
+             _time(c.tpot_seconds), _time(c.ttft_seconds), _count(c.requests_per_second_per_replica, 2),
+             _money(c.dollars_per_hour), _money(c.dollars_per_million_tokens)] for i, c in enumerate(feasible, 1)]
     lines.append("")
     lines.extend(table(rows) if rows else ["no GPU in the list can serve this load within the targets"])
     per_gpu_notes = sorted({f"{c.gpu}: {note}" for c in feasible for note in c.notes})
     if per_gpu_notes:
-        lines += ["", "notes", *(f"  {note}" for note in per_gpu_notes)]
+        lines += ["", "notes"]
+        for note in per_gpu_notes:
+            lines += _fill(f"  {note}", 4)
     ruled_out = [c for c in result.candidates if not c.feasible]
     if ruled_out:
         width = max(len(short(c.gpu)) for c in ruled_out)
-        lines += ["", "ruled out", *(f"  {short(c.gpu).ljust(width)}  TP{c.tensor_parallel}  {c.reason}"
-                                     for c in ruled_out)]
+        tp = max(len(f"TP{c.tensor_parallel}") for c in ruled_out)
+        lines += ["", "ruled out"]
+        for c in ruled_out:
+            lines += _fill(f"  {short(c.gpu).ljust(width)}  {f'TP{c.tensor_parallel}'.ljust(tp)}  {c.reason}",
+                           2 + width + 2 + tp + 2)
     return "\n".join(lines)
 
 
@@ -336,11 +354,8 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
     observed: Observed | None = None
     notes: list[str] = []
     if args.source:
-        try:
-            samples = read_samples(args.source, args.timeout)
-        except (requests.RequestException, ValueError, KeyError) as err:
-            raise ReadError(f"cannot read {args.source}: {str(err).splitlines()[0] if str(err) else err}") from None
-        observed = observe(args.source, args.engine, samples)
+        samples = remote.read(args.source, args.timeout, remote.AUTO, remote.Flags(auto="--from"))
+        observed = observe(remote.shown(args.source), args.engine, samples)
     elif args.engine:
         raise UsageError("--engine needs --from")
 
@@ -349,7 +364,7 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
             return flag
         if seen is not None:
             return seen
-        where = f" and {observed.engine.engine} at {args.source} did not report it" if observed else ""
+        where = f" and {observed.engine.engine} at {observed.url} did not report it" if observed else ""
         raise UsageError(f"{what} is required{where}")
 
     model_name = pick(args.model, observed.model if observed else None, "--model")
@@ -383,7 +398,7 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
         if prefill is None and observed.prefill_efficiency is not None:
             prefill = observed.prefill_efficiency
             where.append("prefill: expected / observed TTFT p50")
-        source_text = f"engine {observed.engine.engine}{on} at {args.source}"
+        source_text = f"engine {observed.engine.engine}{on} at {observed.url}"
     else:
         source_text = ""
     if args.decode_efficiency is not None or args.prefill_efficiency is not None:
@@ -411,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
-    except ReadError as err:
+    except remote.ReadError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
     if args.format == "json":

@@ -2,6 +2,7 @@
 
     infermeter report --url http://gpu-node-1:9416
     infermeter report --prometheus http://prometheus:9090 [--engine NAME] [--format json]
+    infermeter report --from URL          # either: Prometheus' query API is tried first
 
 It only reads what the exporter serves (its /metrics, or the same series stored in Prometheus), so
 what it prints is what the dashboards and alerts see.
@@ -11,17 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import requests
-from prometheus_client.parser import text_string_to_metric_families
-
+from exporter import remote
 from exporter.config import DEFAULT_PORT
+from exporter.formatting import dollars
 
-Sample = tuple[str, dict[str, str], float]
+Sample = remote.Sample
+# the flags this command reads a URL with, for the "pass this instead" hints
+FLAGS = remote.Flags(auto="--from", exporter="--url", prometheus="--prometheus")
+# what the report prints for a value the exporter does not serve (idle, or no model or GPU facts)
+MISSING = "n/a"
 # Prometheus target labels that tell one exporter from another
 INSTANCE_LABELS = ("instance", "job")
 
@@ -38,38 +43,6 @@ class EngineReport:
 
     def get(self, name: str, key: str = "") -> float | None:
         return self.values.get(f"{name}{{{key}}}" if key else name)
-
-
-def exporter_samples(url: str, timeout: float = 10.0) -> list[Sample]:
-    """Every sample a running exporter serves on URL/metrics."""
-    response = requests.get(url.rstrip("/") + "/metrics", timeout=timeout)
-    response.raise_for_status()
-    return [(s.name, dict(s.labels), float(s.value))
-            for family in text_string_to_metric_families(response.text) for s in family.samples]
-
-
-def from_exporter(url: str, timeout: float = 10.0) -> list[EngineReport]:
-    return group(exporter_samples(url, timeout))
-
-
-def prometheus_samples(url: str, timeout: float = 10.0) -> list[Sample]:
-    """The latest value of every infermeter_* series a Prometheus server holds."""
-    response = requests.get(url.rstrip("/") + "/api/v1/query", params={"query": '{__name__=~"infermeter_.+"}'},
-                            timeout=timeout)
-    response.raise_for_status()
-    body = response.json()
-    if body.get("status") != "success":
-        raise ValueError(f"Prometheus answered {body.get('status')}: {body.get('error', '')}")
-    samples = []
-    for series in body["data"]["result"]:
-        labels = dict(series["metric"])
-        name = labels.pop("__name__")
-        samples.append((name, labels, float(series["value"][1])))
-    return samples
-
-
-def from_prometheus(url: str, timeout: float = 10.0) -> list[EngineReport]:
-    return group(prometheus_samples(url, timeout))
 
 
 # a sample's labels beyond these become the key of its value (quantile="0.5", state="balanced", ...)
@@ -103,20 +76,23 @@ def group(samples: Iterable[Sample]) -> list[EngineReport]:
 
 
 def _money(value: float | None, per: str = "") -> str:
-    if value is None:
-        return "?"
-    text = f"${value:,.2f}" if value >= 0.1 else f"${value:.3g}"
-    return text + per
+    return MISSING if value is None else dollars(value) + per
 
 
 def _seconds(value: float | None) -> str:
     if value is None:
-        return "?"
+        return MISSING
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _ratio(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f}"
+    return MISSING if value is None else f"{value:.2f}"
+
+
+def _by_source(values: dict[str, float | None], idle: bool) -> str:
+    """``0.49 (analytic) / 0.52 (engine)``, or n/a when no source reports it (saying so when idle)."""
+    known = " / ".join(f"{_ratio(v)} ({s})" for s, v in values.items() if v is not None)
+    return known or (f"{MISSING} (idle)" if idle else MISSING)
 
 
 def render(report: EngineReport) -> str:
@@ -131,14 +107,14 @@ def render(report: EngineReport) -> str:
         lines.append("  DOWN: the exporter could not read this engine in its last collection")
         return "\n".join(lines)
     lines.append(f"  state            {state.rstrip('}') if state else 'unknown (no model or GPU facts)'}")
-    waiting = r.get(p + "requests_waiting")
-    usage = r.get(p + "kv_cache_usage_ratio")
-    lines.append(
-        f"  load             {r.get(p + 'requests_per_second') or 0:.2f} req/s, "
-        f"{r.get(p + 'prompt_tokens_per_second') or 0:,.0f} prompt + "
-        f"{r.get(p + 'generation_tokens_per_second') or 0:,.0f} generated tok/s, "
-        f"{r.get(p + 'requests_running') or 0:.0f} running, {waiting or 0:.0f} waiting"
-        + (f", KV cache {usage:.0%} full" if usage is not None else ""))
+    rps, waiting = r.get(p + "requests_per_second"), r.get(p + "requests_waiting")
+    prompt, generated = r.get(p + "prompt_tokens_per_second"), r.get(p + "generation_tokens_per_second")
+    running, usage = r.get(p + "requests_running"), r.get(p + "kv_cache_usage_ratio")
+    idle = not any((rps, prompt, generated, running, waiting))  # every one zero or not served
+    load = ("idle: no requests or tokens in the window" if idle else
+            f"{rps or 0:.2f} req/s, {prompt or 0:,.0f} prompt + {generated or 0:,.0f} generated tok/s, "
+            f"{running or 0:.0f} running, {waiting or 0:.0f} waiting")
+    lines.append(f"  load             {load}" + (f", KV cache {usage:.0%} full" if usage is not None else ""))
     ttft = {q: r.get(p + "time_to_first_token_seconds", f"quantile={q}") for q in ("0.5", "0.95")}
     tpot = r.get(p + "time_per_output_token_seconds", "quantile=0.5")
     lines.append(f"  latency          TTFT p50 {_seconds(ttft['0.5'])}, p95 {_seconds(ttft['0.95'])}; "
@@ -146,50 +122,72 @@ def render(report: EngineReport) -> str:
                  f" efficiency {_ratio(r.get(p + 'tpot_efficiency_ratio'))})")
     mbu = {s: r.get(p + "memory_bandwidth_utilization_ratio", f"source={s}") for s in ("analytic", "engine")}
     mfu = {s: r.get(p + "model_flops_utilization_ratio", f"source={s}") for s in ("analytic", "engine")}
-    lines.append("  utilisation      MBU " + " / ".join(f"{_ratio(v)} ({s})" for s, v in mbu.items() if v is not None)
-                 + ", MFU " + " / ".join(f"{_ratio(v)} ({s})" for s, v in mfu.items() if v is not None))
+    lines.append(f"  utilisation      MBU {_by_source(mbu, idle)}, MFU {_by_source(mfu, idle)}")
     per_million = {t: r.get(p + "cost_per_million_tokens_dollars", f"token_type={t}")
                    for t in ("total", "prompt", "generation")}
-    lines.append(f"  cost             {_money(r.get(p + 'cost_dollars_per_hour'), '/h')}, "
-                 f"{_money(r.get(p + 'cost_per_request_dollars'))} per request, "
-                 f"{_money(per_million['total'])} per million tokens (prompt {_money(per_million['prompt'])}, "
-                 f"generation {_money(per_million['generation'])}); idle "
+    per_request = r.get(p + "cost_per_request_dollars")
+    if per_request is None and all(v is None for v in per_million.values()):
+        priced = f"{MISSING} per request and per million tokens" + (" (idle)" if idle else "")
+    else:
+        priced = (f"{_money(per_request)} per request, {_money(per_million['total'])} per million tokens (prompt "
+                  f"{_money(per_million['prompt'])}, generation {_money(per_million['generation'])})")
+    lines.append(f"  cost             {_money(r.get(p + 'cost_dollars_per_hour'), '/h')}, {priced}; idle "
                  f"{_money(r.get(p + 'idle_cost_dollars_per_hour'), '/h')}")
     needed = r.get(p + "rightsizing_gpus_needed")
     if needed is not None:
         savings = r.get(p + "rightsizing_savings_dollars_per_hour") or 0.0
+        achievable = r.get(p + "achievable_cost_per_million_tokens_dollars")
         advice = (f"{needed:.0f} GPU(s) would serve this load within the SLOs (it has {len(r.gpus)})"
                   + (f": save {_money(savings, '/h')}" if savings > 0 else "")
-                  + f"; at that size {_money(r.get(p + 'achievable_cost_per_million_tokens_dollars'))} per million "
-                    "tokens")
+                  + (f"; at that size {_money(achievable)} per million tokens" if achievable is not None else ""))
     else:
         advice = "no recommendation (unknown model or GPU, or no batch meets the SLO targets)"
     lines.append(f"  recommendation   {advice}")
     return "\n".join(lines)
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infermeter report", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}",
-                        help=f"a running exporter (default http://127.0.0.1:{DEFAULT_PORT})")
+    source.add_argument("--from", dest="source", metavar="URL",
+                        help="a running exporter or a Prometheus server that scrapes one (whichever answers)")
+    source.add_argument("--url", metavar="URL", help=f"a running exporter (default http://127.0.0.1:{DEFAULT_PORT})")
     source.add_argument("--prometheus", metavar="URL", help="a Prometheus server that scrapes infermeter")
     parser.add_argument("--engine", help="only this engine")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--timeout", type=_timeout, default=10.0, metavar="S", help="read timeout (default 10)")
     args = parser.parse_args(argv)
+    if args.source:
+        where, want = args.source, remote.AUTO
+    elif args.prometheus:
+        where, want = args.prometheus, remote.PROMETHEUS
+    else:
+        where, want = args.url or f"http://127.0.0.1:{DEFAULT_PORT}", remote.EXPORTER
     try:
-        reports = from_prometheus(args.prometheus) if args.prometheus else from_exporter(args.url)
-    except (requests.RequestException, ValueError, KeyError) as err:
-        where = args.prometheus or args.url
-        print(f"infermeter report: cannot read {where}: {str(err).splitlines()[0]}", file=sys.stderr)
+        reports = group(remote.read(where, args.timeout, want, FLAGS))
+    except remote.ReadError as err:
+        print(f"infermeter report: {err}", file=sys.stderr)
         return 1
-    reports = [r for r in reports if args.engine in (None, r.engine)]
-    if not reports:
-        print("infermeter report: no engine found" + (f" named {args.engine!r}" if args.engine else ""),
-              file=sys.stderr)
+    found = [r for r in reports if args.engine in (None, r.engine)]
+    if not found:
+        at = remote.shown(where)
+        message = (f"no engine found named {args.engine!r} at {at} (engines: "
+                   f"{', '.join(r.engine for r in reports) or 'none'})" if args.engine
+                   else f"no engine found at {at}: the exporter reads none (start it with --engine URL)")
+        print(f"infermeter report: {message}", file=sys.stderr)
         return 1
     if args.format == "json":
-        print(json.dumps([r.__dict__ for r in reports], indent=2, sort_keys=True))
+        print(json.dumps([r.__dict__ for r in found], indent=2, sort_keys=True))
     else:
-        print("\n\n".join(render(r) for r in reports))
+        print("\n\n".join(render(r) for r in found))
     return 0

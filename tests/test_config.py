@@ -156,3 +156,41 @@ def test_model_config_is_checked_at_start(tmp_path: Path) -> None:
         load_config(["--engine", "a=http://h:1", "--model-config",
                      "b=" + str(Path(__file__).resolve().parent.parent / "exporter/facts/models/"
                                 "meta-llama--Llama-3.1-8B.json")], {})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # a flow sequence left open: the problem is where the parser gave up, the context where it began
+    ("interval: 2\nengine: [http://a:1\nwindow: 60\n",
+     "is not valid YAML at line 3, column 7: expected ',' or ']', but got ':' "
+     "(while parsing a flow sequence that starts at line 2)"),
+    ("interval: 2\n  window: 60\n", "is not valid YAML at line 2, column 9: mapping values are not allowed here"),
+    ("interval: 2\n\twindow: 60\n", "is not valid YAML at line 2, column 1: found character '\\t' that cannot "
+                                    "start any token (while scanning for the next token)"),
+    ('engine: "http://a:1\n', "is not valid YAML at line 2, column 1: found unexpected end of stream "
+                              "(while scanning a quoted scalar that starts at line 1)"),
+])
+def test_yaml_errors_keep_line_column_and_problem(tmp_path: Path, text: str, expected: str) -> None:
+    file = tmp_path / "infermeter.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(["--config", str(file)], {})
+    message = str(raised.value)
+    assert message == f"--config: {str(file)!r} {expected}"
+    assert "\n" not in message
+
+
+def test_toml_errors_keep_line_and_column(tmp_path: Path) -> None:
+    file = tmp_path / "infermeter.toml"
+    file.write_text("interval = 2\nwindow: 60\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(["--config", str(file)], {})
+    assert str(raised.value) == (f"--config: {str(file)!r} is not valid TOML: Expected '=' after a key in a "
+                                 "key/value pair (at line 2, column 7)")
+
+
+def test_a_config_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    file = tmp_path / "infermeter.yaml"
+    file.write_bytes(b"interval: 2\n\xff\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(["--config", str(file)], {})
+    assert str(raised.value) == f"--config: {str(file)!r} is not UTF-8 text (byte 12)"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from exporter.config import ConfigError, load_config
 from exporter.facts.gpus import find
-from tests.process import ExporterProcess, Samples, value, wait_for
+from tests.process import ROOT, ExporterProcess, Samples, value, wait_for
+
+LLAMA_8B = ROOT / "exporter" / "facts" / "models" / "meta-llama--Llama-3.1-8B.json"
 
 ENGINES = {"demo-balanced": "balanced", "demo-memory-bound": "memory-bound",
            "demo-overprovisioned": "overprovisioned"}
@@ -47,3 +55,28 @@ def test_demo_serves_every_kind_of_metric_and_says_it_is_a_demo(tmp_path: Path) 
         took = time.monotonic() - began
         exporter.stop()
     assert code == 0 and took < 2.0
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    (["--demo", "--engine", "http://127.0.0.1:8000"], {},
+     "--demo (--demo) cannot be combined with --engine (--engine)"),
+    (["--engine", "http://127.0.0.1:8000"], {"INFERMETER_DEMO": "true"},
+     "--demo (INFERMETER_DEMO) cannot be combined with --engine (--engine)"),
+    (["--demo", "--model-config", str(LLAMA_8B)], {},
+     "--demo (--demo) cannot be combined with --model-config (--model-config)"),
+])
+def test_demo_refuses_the_settings_it_would_drop(argv: list[str], env: dict[str, str], expected: str) -> None:
+    """The demo serves only its simulated engines on simulated GPUs: a real engine beside them would be priced
+    and measured on GPUs that do not exist, so the combination is a configuration error, not a silent drop."""
+    with pytest.raises(ConfigError) as raised:
+        load_config(argv, env)
+    assert str(raised.value).startswith(expected) and "\n" not in str(raised.value)
+
+
+def test_demo_with_an_engine_exits_2_with_one_line_before_starting() -> None:
+    result = subprocess.run([sys.executable, "-m", "exporter", "--demo", "--engine", "http://127.0.0.1:8000",
+                             "--listen", "127.0.0.1:0"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("infermeter: configuration error: --demo (--demo) cannot be combined with --engine")

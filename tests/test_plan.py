@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -379,7 +380,46 @@ def test_the_table_is_readable() -> None:
     assert len({len(line) for line in block}) == 1
     assert block[2].split()[:2] == ["1", "A100-SXM4-80GB"]  # 4 x $1.30 = $5.20/h beats 2 x $3.00 = $6.00/h
     assert "ruled out" in lines and any("TP1" in line and "weights need 141.1 GB" in line for line in lines)
-    assert max(len(line) for line in block) <= 160
+    # the batch column says what limits it: 25 sequences fill the A100 TP2's KV cache
+    assert block[2].split()[5:7] == ["25", "kv"]
+    assert max(len(line) for line in lines) <= 100  # a terminal's width, wrapped prose included
+
+
+@pytest.mark.parametrize(("model_name", "rate", "prompt", "output"), [
+    ("meta-llama/Llama-3.1-70B", "2", "1000", "250"),
+    ("meta-llama/Llama-3.1-8B", "50", "200", "100"),     # $0.00000556 a request: 5.56e-06 in the old table
+    ("meta-llama/Llama-3.1-8B", "0.01", "8000", "2000"),
+    ("meta-llama/Llama-3.1-70B", "200", "8000", "2000"),  # hundreds of GPUs, thousands of dollars an hour
+])
+def test_every_catalogue_plan_fits_100_columns_and_prints_dollars_as_decimals(
+        model_name: str, rate: str, prompt: str, output: str) -> None:
+    status, out, err = run("--model", model_name, "--rate", rate, "--prompt-tokens", prompt, "--output-tokens",
+                           output)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("#  GPU"))
+    rows = lines[header + 2:lines.index("", header)]
+    assert len(rows) >= 5
+    assert not any(re.search(r"\de[-+]\d", row) for row in rows)  # no 8.15e-05
+    dollars = [cell for row in rows for cell in row.split() if cell.startswith("$")]
+    assert len(dollars) == 2 * len(rows) and all(re.fullmatch(r"\$[\d,]+(\.\d+)?", cell) for cell in dollars)
+
+
+def test_a_long_gpu_name_from_a_config_file_is_cut_in_the_table_only(tmp_path: Path) -> None:
+    config = tmp_path / "infermeter.yaml"
+    config.write_text('gpus:\n  "NVIDIA RTX 6000 Ada Generation":\n    memory_bytes: 51527024640\n'
+                      "    memory_bandwidth_bytes_per_second: 960e9\n    peak_flops: {bf16: 364.2e12}\n"
+                      "    prices: {on-demand: 1.10}\n")
+    args = ("--model", "meta-llama/Llama-3.1-8B", "--rate", "1", "--prompt-tokens", "500", "--output-tokens", "200",
+            "--gpu", "NVIDIA RTX 6000 Ada Generation", "--config", str(config))
+    status, out, err = run(*args)
+    assert status == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("1  ")]
+    assert rows and rows[0].split("  ")[1] == "RTX 6000 Ada G.."  # 16 characters
+    assert max(len(line) for line in out.splitlines()) <= 100
+    data = json.loads(run(*args, "--format", "json")[1])
+    assert data["candidates"][0]["gpu"] == "NVIDIA RTX 6000 Ada Generation"
 
 
 @pytest.mark.parametrize(("args", "message"), [

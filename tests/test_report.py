@@ -109,3 +109,54 @@ def test_report_from_a_real_prometheus(exporter: ExporterProcess, tmp_path: Path
         assert first == (f"engine llama (vllm, tinyllama) on 1 x NVIDIA H100 80GB HBM3 "
                          f"[127.0.0.1:{exporter.port}/infermeter]")
         assert "$2.50/h" in result.stdout
+        # --from finds out which of the two a URL is
+        detected = report("--from", url)
+        assert detected.returncode == 0 and detected.stdout.splitlines()[0] == first  # read through Prometheus
+        assert report("--from", exporter.url).stdout.startswith("engine llama (vllm, tinyllama) on 1 x NVIDIA H100")
+        # each explicit flag pointed at the other kind says what it is and what to pass instead
+        wrong = report("--url", url)
+        assert wrong.returncode == 1 and wrong.stdout == ""
+        assert wrong.stderr == (f"infermeter report: {url} is a Prometheus server, not an infermeter exporter: pass "
+                                f"--prometheus {url}\n")
+        wrong = report("--prometheus", exporter.url)
+        assert wrong.returncode == 1
+        assert wrong.stderr == (f"infermeter report: {exporter.url} is an infermeter exporter, not a Prometheus "
+                                f"server: pass --url {exporter.url}\n")
+
+
+def _engine_samples(**values: float) -> list[tuple[str, dict[str, str], float]]:
+    engine = {"engine": "llama", "kind": "vllm", "model": "meta-llama/Llama-3.1-8B"}
+    return [("infermeter_engine_up", engine, 1.0),
+            *((f"infermeter_{name}", engine, v) for name, v in values.items())]
+
+
+def test_an_idle_engine_reads_idle_and_n_a_never_an_empty_value() -> None:
+    (idle,) = group([*_engine_samples(requests_per_second=0.0, prompt_tokens_per_second=0.0,
+                                      generation_tokens_per_second=0.0, requests_running=0.0, requests_waiting=0.0,
+                                      kv_cache_usage_ratio=0.0, cost_dollars_per_hour=2.5,
+                                      expected_time_per_output_token_seconds=0.0045),
+                     ("infermeter_model_flops_utilization_ratio",
+                      {"engine": "llama", "kind": "vllm", "model": "meta-llama/Llama-3.1-8B", "source": "analytic"},
+                      0.0)])
+    text = render(idle)
+    lines = {line[2:18].strip(): line[19:] for line in text.splitlines()[1:]}
+    assert lines["load"] == "idle: no requests or tokens in the window, KV cache 0% full"
+    # what is known is printed (the roofline, the analytic MFU of 0); what is not says n/a
+    assert lines["utilisation"] == "MBU n/a (idle), MFU 0.00 (analytic)"
+    assert lines["latency"] == "TTFT p50 n/a, p95 n/a; TPOT p50 n/a (roofline 4.5 ms, efficiency n/a)"
+    assert lines["cost"].startswith("$2.50/h, n/a per request and per million tokens (idle)")
+    assert "MBU ," not in text and "?" not in text.split("\n", 1)[1]
+
+
+def test_a_busy_engine_without_mbu_says_n_a_without_idle() -> None:
+    (busy,) = group(_engine_samples(requests_per_second=1.5, generation_tokens_per_second=600.0))
+    text = render(busy)
+    assert "  utilisation      MBU n/a, MFU n/a" in text and "idle" not in text.split("cost")[0]
+
+
+def test_small_dollar_amounts_print_as_decimals() -> None:
+    # $0.0000815 a request: 8.15e-05 in the old format
+    (cheap,) = group(_engine_samples(requests_per_second=1.0, cost_dollars_per_hour=0.2934,
+                                     cost_per_request_dollars=8.15e-05))
+    text = render(cheap)
+    assert "$0.29/h, $0.0000815 per request" in text and "e-0" not in text
