@@ -1,30 +1,22 @@
 """HTTP: ``/metrics`` (from the last snapshot, never doing I/O), ``/`` (landing page), ``/healthz``.
 
-With TLS (``--web.config.file``) the listening socket stays plain: each connection's handshake runs on its
-own handler thread with a timeout, so a client that connects and sends nothing, or speaks plain HTTP to the
-TLS port, costs one thread for a while and never blocks the accept loop or other scrapers.
+The server itself is exporter/httpserver.py: one I/O thread, a fixed pool of workers, a deadline on every
+connection and a cap on their number, TLS handshakes that never block anybody (see its docstring).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
 from exporter.collection import Snapshot
-
-log = logging.getLogger(__name__)
+from exporter.httpserver import HTTPServer, Limits
 
 StartResponse = Callable[..., Any]
 
@@ -41,50 +33,6 @@ LANDING_PAGE = f"""<!DOCTYPE html>
 """.encode()
 
 
-# a client has this long to complete the TLS handshake
-TLS_HANDSHAKE_TIMEOUT = 10.0
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    ssl_context: ssl.SSLContext | None = None
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 dropped connections under 8 concurrent scrapers (each retried
-    # after 1 s; seen in benchmarks/bench_collect.py)
-    request_queue_size = 128
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """On the connection's own thread: the TLS handshake (when on), then the request."""
-        if self.ssl_context is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(TLS_HANDSHAKE_TIMEOUT)
-        try:
-            connection = self.ssl_context.wrap_socket(request, server_side=True)
-        except OSError as err:  # ssl.SSLError, a timeout, a reset: this client only
-            log.debug("http: TLS handshake with %s failed: %s", client_address[0], err)
-            return
-        try:
-            connection.settimeout(None)
-            super().finish_request(connection, client_address)
-        finally:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_WR)
-            connection.close()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("http: error serving %s", client_address[0] if client_address else "?", exc_info=True)
-
-
-class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
-
-
 def make_app(registry: CollectorRegistry, current: Callable[[], Snapshot], interval: float,
              started: float | None = None) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     """The WSGI application. ``/healthz`` turns 503 when no collection finished for 3 intervals."""
@@ -96,8 +44,9 @@ def make_app(registry: CollectorRegistry, current: Callable[[], Snapshot], inter
         if environ.get("REQUEST_METHOD", "GET") not in {"GET", "HEAD"}:
             start_response("405 Method Not Allowed", [("Content-Type", "text/plain"), ("Allow", "GET, HEAD")])
             return [b"method not allowed\n"]
-        if path == "/metrics":
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/metrics":  # prometheus_client refuses HEAD; the server sends HEAD answers without body
+            metrics_environ = {**environ, "REQUEST_METHOD": "GET"}
+            return metrics_app(metrics_environ, start_response)  # type: ignore[no-any-return]
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [LANDING_PAGE]
@@ -118,28 +67,10 @@ def make_app(registry: CollectorRegistry, current: Callable[[], Snapshot], inter
     return app
 
 
-class Server:
-    """The HTTP server on its own thread; HTTPS when given ``ssl_context``."""
+class Server(HTTPServer):
+    """The exporter's HTTP server; HTTPS when given ``ssl_context``. ``limits`` is for tests."""
 
     def __init__(self, host: str, port: int,
                  app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-        self._httpd = make_server(host, port, app, server_class=server_class,
-                                  handler_class=_QuietHandler)
-        if ssl_context is not None:
-            self._httpd.ssl_context = ssl_context
-            self._httpd.base_environ["HTTPS"] = "on"  # wsgi.url_scheme https
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="infermeter-http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+                 ssl_context: ssl.SSLContext | None = None, *, limits: Limits | None = None) -> None:
+        super().__init__(host, port, app, ssl_context, limits=limits, server_header=f"infermeter/{__version__}")
