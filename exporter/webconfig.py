@@ -24,9 +24,30 @@ What differs from exporter-toolkit:
   ``prefer_server_cipher_suites``, ``client_allowed_sans``, ``rate_limit``, the ``RequestClientCert`` and
   ``RequireAnyClientCert`` client auth types) are refused rather than silently weakening the setup.
 
-Successful bcrypt checks are cached for a few minutes (bcrypt is slow on purpose; exporter-toolkit caches
-too), keyed by an HMAC of user and password under a per-process random key: the plain password is never
-stored. Passwords and hashes are never logged, and a 401 never echoes what the client sent.
+Basic auth, and what a client can make it cost (constants in :mod:`exporter.auth_limits`):
+
+- A success is cached, keyed by an HMAC of user and password under a per-process random key (the plain
+  password is never stored), for 5 minutes after its last use, so a scraper pays one bcrypt check when it
+  first logs in and never again while it keeps scraping. A cached credential never meets the limits below.
+- A header that is not well-formed Basic credentials (another scheme, bad base64, no colon, longer than the
+  longest configured user name with a 1024-byte password needs) is answered 401 without hashing and
+  without a log line. Only the first 72 bytes of a password are checked, as bcrypt defines and as
+  exporter-toolkit (Go's bcrypt) and htpasswd do; the Python bcrypt library refuses longer ones instead.
+- Every other check runs bcrypt, and that is bounded; a request over a bound is answered
+  ``429 Too Many Requests`` with ``Retry-After``, without hashing (Prometheus shows the 429 in the target's
+  error, which tells an operator what happened, where a 401 would send them to check the password):
+
+  - one check at a time, at most 8 more waiting for their turn, each for at most 1 s;
+  - per client address (an IPv6 /64 counts as one): 5 failed checks at once, then 1 a second, in a table
+    of 4096 clients that forgets the least recently seen;
+  - all failed checks together: at most 0.25 s of bcrypt a second (2 s at once), whatever the cost.
+
+  Successful checks give their budget back. Behind a proxy all clients share the proxy's budget.
+- Unknown user names are checked against a hash no password matches, at the cost most configured users
+  have (the highest such cost on a tie), so they take as long as those users. Users at another cost can be
+  told from unknown names by timing; ``describe`` says so at start. Use one cost for all users.
+- Limited clients are logged at most once a minute each and 10 lines a minute in all; passwords, user
+  names and hashes are never logged, and no answer echoes what the client sent.
 """
 
 from __future__ import annotations
@@ -35,17 +56,21 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import math
 import re
 import secrets
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import bcrypt
+
+from exporter.auth_limits import DEFAULT_LIMITS, AuthLimits, Bucket, Client, ClientTable, LogThrottle, client_key
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -77,10 +102,16 @@ _UNSUPPORTED = {
     "tls_server_config.prefer_server_cipher_suites": "not supported by infermeter",
     "tls_server_config.client_allowed_sans": "not supported by infermeter",
 }
-# a real bcrypt hash, checked against for unknown users so that they take as long as known ones
-_DUMMY_HASH = bcrypt.hashpw(b"infermeter-no-such-user", bcrypt.gensalt(rounds=10))
-_CACHE_SECONDS = 300.0
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# the 22nd salt character carries 2 bits; the bcrypt library refuses a hash whose other 4 are not zero
+_SALT_LAST = frozenset(".Oeu")
+_COSTS = range(4, 32)  # what bcrypt accepts
+_PASSWORD_BYTES = 72  # bcrypt reads no more of a password
+_LONGEST_PASSWORD = 1024  # bytes; a header with a longer one is refused unread
+_CACHE_SECONDS = 300.0  # a cached success lives this long after its last use
 _CACHE_SIZE = 256
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,7 +168,8 @@ class WebConfig:
         else:
             parts.append("TLS off")
         if self.basic_auth_users:
-            parts.append(f"basic auth on ({len(self.basic_auth_users)} user(s); /healthz stays open)")
+            parts.append(f"basic auth on ({len(self.basic_auth_users)} user(s), "
+                         f"{_describe_costs(self.basic_auth_users.values())}; /healthz stays open)")
         else:
             parts.append("basic auth off")
         if self.ignored:
@@ -148,53 +180,230 @@ class WebConfig:
         """``app`` behind basic auth when users are configured (``/healthz`` stays open); else ``app`` itself."""
         if not self.basic_auth_users:
             return app
-        return _BasicAuth(app, self.basic_auth_users)
+        return BasicAuth(app, self.basic_auth_users)
 
 
-class _BasicAuth:
-    def __init__(self, app: WSGIApp, users: Mapping[str, str]) -> None:
+@dataclass(frozen=True)
+class Verdict:
+    """What to answer: ``allowed``; else 401, or 429 with ``retry_after`` seconds when a limit was hit."""
+
+    allowed: bool
+    retry_after: int | None = None
+
+
+ALLOWED = Verdict(True)
+DENIED = Verdict(False)
+
+
+def _bcrypt_check(password: bytes, hashed: bytes) -> bool:
+    return bcrypt.checkpw(password, hashed)  # looked up at each call, so tests can count the calls
+
+
+class BasicAuth:
+    """``app`` behind HTTP basic auth against bcrypt hashes; see the module docstring for the bounds.
+
+    ``clock`` and ``check`` (password, hash -> matches) are there for tests.
+    """
+
+    def __init__(self, app: WSGIApp, users: Mapping[str, str], limits: AuthLimits = DEFAULT_LIMITS,
+                 clock: Callable[[], float] = time.monotonic,
+                 check: Callable[[bytes, bytes], bool] = _bcrypt_check) -> None:
         self._app = app
         self._users = {user.encode(): hashed.encode() for user, hashed in users.items()}
+        self._dummy = dummy_hash(users.values())
+        longest_user = max((len(user) for user in self._users), default=0)
+        self._max_header = len("Basic ") + 4 * math.ceil((longest_user + 1 + _LONGEST_PASSWORD) / 3) + 16
+        self._limits = limits
+        self._clock = clock
+        self._check = check
         self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()  # guards what follows
         self._cache: OrderedDict[bytes, float] = OrderedDict()
-        self._lock = threading.Lock()
+        now = clock()
+        self._clients = ClientTable(limits)
+        self._failures = Bucket(limits.global_seconds, limits.global_per_second, now)
+        self._log = LogThrottle(limits, now)
+        self._turns = threading.BoundedSemaphore(limits.concurrent)
+        self._queued = 0  # checks running or waiting for their turn
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") in OPEN_PATHS or self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
+        if environ.get("PATH_INFO", "/") in OPEN_PATHS:
             return self._app(environ, start_response)
+        verdict = self.verdict(environ.get("HTTP_AUTHORIZATION", ""), environ.get("REMOTE_ADDR", ""))
+        if verdict.allowed:
+            return self._app(environ, start_response)
+        if verdict.retry_after is not None:
+            start_response("429 Too Many Requests", [("Content-Type", "text/plain; charset=utf-8"),
+                                                     ("Retry-After", str(verdict.retry_after))])
+            return [b"too many login attempts; retry later\n"]
         start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
                                             ("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')])
         return [b"unauthorized\n"]
 
-    def _authorized(self, header: str) -> bool:
+    def verdict(self, header: str, remote_addr: str) -> Verdict:
+        """Check an Authorization header sent from ``remote_addr``, within the limits."""
+        credentials = self._credentials(header)
+        if credentials is None:
+            return DENIED
+        user, password = credentials
+        key = hmac.new(self._key, len(user).to_bytes(4, "big") + user + password, hashlib.sha256).digest()
+        with self._lock:
+            now = self._clock()
+            if self._cached(key, now):
+                return ALLOWED
+            client = self._clients.get(client_key(remote_addr), now)
+            limited, line = self._admit(client, now)
+        self._write(line)
+        if limited is not None:
+            return limited
+        try:
+            ok = self._check_in_turn(client, user, password, key)
+        finally:
+            with self._lock:
+                self._queued -= 1
+        if ok is None:
+            return Verdict(False, 1)
+        return ALLOWED if ok else DENIED
+
+    def _check_in_turn(self, client: Client, user: bytes, password: bytes, key: bytes) -> bool | None:
+        """Run one bcrypt check when it is our turn and settle the budgets; None (a 429) if no turn came."""
+        if not self._turns.acquire(timeout=self._limits.wait_seconds):
+            with self._lock:
+                client.budget.give()
+                line = self._note(None, self._clock(),
+                                  f"basic auth: a password check waited {self._limits.wait_seconds:g} s for its "
+                                  "turn (many logins at once); answering 429 without checking")
+            self._write(line)
+            return None
+        try:
+            started = self._clock()
+            hashed = self._users.get(user)
+            # unknown users pay for one bcrypt too, so timing does not tell which user names exist
+            matches = self._checked(password, hashed if hashed is not None else self._dummy)
+            ok = matches and hashed is not None
+        finally:
+            self._turns.release()
+        with self._lock:
+            now = self._clock()
+            if ok:
+                client.budget.give()
+                self._remember(key, now)
+            else:
+                self._failures.charge(now, now - started)
+        return ok
+
+    def _credentials(self, header: str) -> tuple[bytes, bytes] | None:
+        """(user, first 72 bytes of the password) from well-formed Basic credentials; None otherwise."""
+        if len(header) > self._max_header:
+            return None
         scheme, _, encoded = header.strip().partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
-            # WSGI gives headers as latin-1 str; base64 is ASCII
-            decoded = base64.b64decode(encoded.strip().encode("latin-1"), validate=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError):
-            return False
+            decoded = base64.b64decode(encoded.strip().encode("ascii"), validate=True)
+        except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+            return None
         user, sep, password = decoded.partition(b":")
         if not sep:
+            return None
+        return user, password[:_PASSWORD_BYTES]
+
+    def _cached(self, key: bytes, now: float) -> bool:
+        expires = self._cache.get(key)
+        if expires is None:
             return False
-        key = hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
-        now = time.monotonic()
-        with self._lock:
-            expires = self._cache.get(key)
-            if expires is not None and expires > now:
-                self._cache.move_to_end(key)
-                return True
-        hashed = self._users.get(user)
-        # unknown users pay for one bcrypt too, so timing does not tell which user names exist
-        ok = bcrypt.checkpw(password, hashed if hashed is not None else _DUMMY_HASH) and hashed is not None
-        if ok:
+        if expires <= now:
+            del self._cache[key]
+            return False
+        self._remember(key, now)
+        return True
+
+    def _remember(self, key: bytes, now: float) -> None:
+        self._cache[key] = now + _CACHE_SECONDS
+        self._cache.move_to_end(key)
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _admit(self, client: Client, now: float) -> tuple[Verdict | None, str | None]:
+        """Take one check from ``client``'s budget and a place in the queue; a 429 verdict (and maybe a log
+        line) if over a limit."""
+        if not client.budget.take(now):
+            line = self._note(client, now, f"basic auth: too many failed logins from {client.key}; "
+                                           "answering 429 without checking passwords")
+            return Verdict(False, _whole_seconds(client.budget.seconds_until(now, 1.0))), line
+        wait = self._failures.seconds_until(now, 0.0)
+        if wait > 0:
+            client.budget.give()
+            line = self._note(None, now, "basic auth: failed logins used their CPU budget "
+                                         f"({self._limits.global_per_second:g} s of bcrypt a second); answering "
+                                         "429 to credentials not seen before, cached ones still pass")
+            return Verdict(False, _whole_seconds(wait)), line
+        if self._queued >= self._limits.concurrent + self._limits.queue:
+            client.budget.give()
+            line = self._note(None, now, f"basic auth: {self._queued} password checks running or waiting; "
+                                         "answering 429 without checking (many logins at once)")
+            return Verdict(False, 1), line
+        self._queued += 1
+        return None, None
+
+    def _checked(self, password: bytes, hashed: bytes) -> bool:
+        try:
+            return self._check(password, hashed)
+        except ValueError as err:  # the bcrypt library refuses some inputs; never a 500 or a traceback
             with self._lock:
-                self._cache[key] = now + _CACHE_SECONDS
-                self._cache.move_to_end(key)
-                while len(self._cache) > _CACHE_SIZE:
-                    self._cache.popitem(last=False)
-        return ok
+                line = self._note(None, self._clock(), f"basic auth: bcrypt refused a check ({type(err).__name__})")
+            self._write(line)
+            return False
+
+    def _note(self, client: Client | None, now: float, line: str) -> str | None:
+        """``line`` if the throttle lets it through (with a count of lines held back), else None."""
+        if not self._log.allow(client, now):
+            return None
+        if self._log.suppressed:
+            line += f" ({self._log.suppressed} similar lines suppressed)"
+            self._log.suppressed = 0
+        return line
+
+    @staticmethod
+    def _write(line: str | None) -> None:
+        if line is not None:
+            log.warning("%s", line)
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _cost(hashed: str) -> int:
+    return int(hashed[4:6])
+
+
+def _usual_cost(hashes: Iterable[str]) -> int:
+    """The cost most of ``hashes`` have, the highest on a tie; 10 (htpasswd's) when there are none."""
+    costs = Counter(_cost(hashed) for hashed in hashes)
+    return max(costs, key=lambda c: (costs[c], c)) if costs else 10
+
+
+def dummy_hash(hashes: Iterable[str]) -> bytes:
+    """A bcrypt hash no password matches, at the usual cost of ``hashes``, for checking unknown users.
+
+    Checking an unknown user against it costs what checking most users costs. It is random (a real salt
+    and 31 random hash characters, 2**-184 odds of any match) rather than the hash of a known password,
+    and needs no hashing to make, whatever the cost.
+    """
+    tail = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+    return bcrypt.gensalt(rounds=_usual_cost(hashes)) + tail.encode()
+
+
+def _describe_costs(hashes: Iterable[str]) -> str:
+    hashes = list(hashes)
+    costs = sorted({_cost(hashed) for hashed in hashes})
+    if len(costs) == 1:
+        return f"bcrypt cost {costs[0]}"
+    usual = _usual_cost(hashes)
+    others = ", ".join(str(c) for c in costs if c != usual)
+    return (f"bcrypt costs differ: unknown names are checked at cost {usual}, so users at cost {others} "
+            "can be told from unknown names by timing; use one cost")
 
 
 def _error(path: str, key: str, what: str) -> ValueError:
@@ -287,6 +496,11 @@ def _users(path: str, raw: object) -> dict[str, str]:
             raise _error(path, f"basic_auth_users.{user}",
                          "expected a bcrypt hash ($2a$, $2b$ or $2y$, e.g. from htpasswd -nBC 10 \"\"), "
                          "not a plain password")
+        if _cost(hashed) not in _COSTS:
+            raise _error(path, f"basic_auth_users.{user}",
+                         f"bcrypt cost {_cost(hashed)} is outside {_COSTS.start}..{_COSTS.stop - 1}")
+        if hashed[28] not in _SALT_LAST:
+            raise _error(path, f"basic_auth_users.{user}", "not a valid bcrypt hash (its salt does not decode)")
         users[user] = hashed
     return users
 

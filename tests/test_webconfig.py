@@ -113,7 +113,7 @@ def test_log_says_tls_and_auth_on_without_secrets(exporter: ExporterProcess, cer
     requests.get(_url(exporter, "/metrics"), auth=("intruder-name-4242", PASSWORD), verify=str(certs[0]),
                  timeout=5)
     log = exporter.log()
-    assert "TLS on" in log and "basic auth on" in log and "http_server_config" in log
+    assert "TLS on" in log and "basic auth on (1 user(s), bcrypt cost 4;" in log and "http_server_config" in log
     assert PASSWORD not in log and HASH not in log and "intruder-name-4242" not in log
     assert base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in log
 
@@ -132,6 +132,13 @@ BAD_CONFIGS = {
     "bad_min_version": ("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  min_version: SSL3\n",
                         "tls_server_config.min_version"),
     "rate_limit": ("rate_limit:\n  interval: 1s\n", "rate_limit: not supported"),
+    # bcrypt refuses these hashes at each check (a 500 before issue 12): refused at start instead
+    "bcrypt_cost_too_low": (f"basic_auth_users:\n  {USER}: '{HASH.replace('$04$', '$03$')}'\n",
+                            f"basic_auth_users.{USER}: bcrypt cost 3 is outside 4..31"),
+    "bcrypt_cost_too_high": (f"basic_auth_users:\n  {USER}: '{HASH.replace('$04$', '$32$')}'\n",
+                             f"basic_auth_users.{USER}: bcrypt cost 32 is outside 4..31"),
+    "bcrypt_salt_does_not_decode": (f"basic_auth_users:\n  {USER}: '{HASH[:28]}z{HASH[29:]}'\n",
+                                    f"basic_auth_users.{USER}: not a valid bcrypt hash"),
 }
 
 
