@@ -22,6 +22,7 @@ from exporter.collection import NVML, Collection, engine_collector
 from exporter.config import Config, EngineTarget
 from exporter.sources.engine import EngineSource
 from exporter.sources.nvml import NvmlSource
+from tests.fakes.bodies import FixedResponseServer, gzip_bomb
 from tests.fakes.engine import FakeEngine, FakeEngineServer
 from tests.fakes.nvml_specs import load_fake_pynvml, missing_library
 from tests.process import ROOT, free_port
@@ -33,6 +34,7 @@ CYCLES = 300
 # what may legitimately appear between the two measurements (interning, caches that fill once); the
 # leak was ~28 KB per cycle (8 MB here), and CAP per cycle over the cap
 GROWTH_BYTES = 256 * 1024
+BOMB = gzip_bomb(64)  # 64 KiB that inflate to 64 MiB
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ def faulty_engine(fault: Callable[[FakeEngine], None]) -> Iterator[Rig]:
 
 
 @contextmanager
+def gzip_bomb_engine() -> Iterator[Rig]:
+    with FixedResponseServer(BOMB, {"Content-Encoding": "gzip"}) as url:
+        yield _engine_rig(url)
+
+
+@contextmanager
 def nvml_init_failure() -> Iterator[Rig]:
     nvml = load_fake_pynvml()
     nvml.configure(missing_library())
@@ -84,6 +92,7 @@ FAULTS: dict[str, Callable[[], AbstractContextManager[Rig]]] = {
     "engine HTTP 500": lambda: faulty_engine(_http_500),
     "body over the cap, declared": lambda: faulty_engine(_over_cap_declared),
     "body over the cap, streamed": lambda: faulty_engine(_over_cap_streamed),
+    "gzip bomb": gzip_bomb_engine,
     "NVML init failure": nvml_init_failure,
 }
 
