@@ -58,19 +58,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.host import cpu_seconds, ensure_venv  # noqa: E402
+
 USER, PASSWORD = "prometheus", "right-password-for-the-benchmark"
-
-
-def _ensure_environment() -> None:
-    """Re-run under the project's virtual environment when this interpreter lacks bcrypt."""
-    try:
-        import bcrypt  # noqa: F401
-    except ImportError:
-        venv = ROOT / ".venv" / "bin" / "python"
-        if venv.exists() and not os.environ.get("INFERMETER_BENCH_REEXEC"):
-            os.environ["INFERMETER_BENCH_REEXEC"] = "1"
-            os.execv(str(venv), [str(venv), *sys.argv])
-        raise SystemExit("attack_auth: needs bcrypt (pip install -e .) or ./.venv") from None
 
 
 def _header(password: str) -> str:
@@ -88,11 +80,6 @@ def _get(port: int, header: str, source: str = "127.0.0.1") -> int:
         return 0  # refused or reset: counted as status 0
     finally:
         connection.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def attacker(port: int, source: str, seconds: float, workers: int, rate: float) -> None:
@@ -139,13 +126,13 @@ def _phase(name: str, pid: int, port: int, args: argparse.Namespace, attackers: 
                                "--seconds", str(args.seconds), "--workers", str(args.workers),
                                "--rate", str(args.rate)],
                               stdout=subprocess.PIPE, text=True) for i in range(attackers)]
-    cpu_before, wall_before = _cpu_seconds(pid), time.monotonic()
+    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
     latencies, failed = _scrape(port, args.scrapes, args.seconds)
     answers: Counter[str] = Counter()
     for proc in procs:
         out, _ = proc.communicate(timeout=args.seconds + 60)
         answers.update(json.loads(out))
-    cpu = (_cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
     ms = sorted(1000 * x for x in latencies)
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     attack = "-" if not attackers else (
@@ -213,5 +200,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ensure_environment()
+    ensure_venv(("bcrypt",), "attack_auth")
     main()

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.nvml_specs import h100_node  # noqa: E402
+from tests.host import cpu_seconds, open_fds, threads  # noqa: E402
 
 FAKE_PYNVML = ROOT / "tests" / "fakes" / "pynvml_fake"
 HOST = "127.0.0.1"
@@ -60,20 +61,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def get(port: int, path: str, timeout: float = 5.0) -> tuple[str, float]:
@@ -92,7 +79,7 @@ def get(port: int, path: str, timeout: float = 5.0) -> tuple[str, float]:
 def figures(pid: int) -> str:
     cpu = cpu_seconds(pid)
     time.sleep(2.0)
-    return f"threads {threads(pid)}, fds {fds(pid)}, CPU {cpu_seconds(pid) - cpu:.2f} s over 2 s"
+    return f"threads {threads(pid)}, fds {open_fds(pid)}, CPU {cpu_seconds(pid) - cpu:.2f} s over 2 s"
 
 
 def idle_flood(port: int, count: int) -> list[socket.socket]:

@@ -52,6 +52,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.host import cpu_seconds, ensure_venv, rss_bytes  # noqa: E402
+
 FIXTURE = ROOT / "tests" / "fixtures" / "engines" / "vllm-0.32.0-real-a.txt"
 FAKE_PYNVML = ROOT / "tests" / "fakes" / "pynvml_fake"
 PROBE = ROOT / "benchmarks" / "nvml_probe.py"
@@ -70,20 +74,6 @@ _DURATION_RE = re.compile(r'^infermeter_collector_duration_seconds\{collector="(
 _TIMESTAMP_RE = re.compile(r"^infermeter_last_collect_timestamp_seconds (\S+)$", re.M)
 _UP_RE = re.compile(r"^infermeter_collector_success\{collector=\"([^\"]*)\"\} (\S+)$", re.M)
 _PEER_GPU_RE = re.compile(r"^gpu_utilization_Percentage\{", re.M)
-
-
-def _ensure_environment() -> None:
-    """Re-run under the project's virtual environment when this interpreter lacks the dependencies."""
-    try:
-        import apscheduler  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import requests  # noqa: F401
-    except ImportError:
-        venv = ROOT / ".venv" / "bin" / "python"
-        if venv.exists() and not os.environ.get("INFERMETER_BENCH_REEXEC"):
-            os.environ["INFERMETER_BENCH_REEXEC"] = "1"
-            os.execv(str(venv), [str(venv), *sys.argv])
-        raise SystemExit("bench_collect: needs the project's dependencies (pip install -e .) or ./.venv") from None
 
 
 @dataclass(frozen=True)
@@ -132,20 +122,6 @@ class Result:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; fields[0] is field 3 (state)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -741,5 +717,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _ensure_environment()
+    ensure_venv(("apscheduler", "prometheus_client", "requests"), "bench_collect")
     raise SystemExit(main())

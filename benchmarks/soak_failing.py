@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fakes.bodies import FixedResponseServer, gzip_bomb  # noqa: E402
 from tests.fakes.engine import FakeEngine, FakeEngineServer  # noqa: E402
 from tests.fakes.nvml_specs import missing_library  # noqa: E402
+from tests.host import rss_bytes, threads  # noqa: E402
 from tests.process import ExporterProcess, free_port, value  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "engines" / "vllm-0.32.0-real-a.txt"
@@ -74,14 +75,6 @@ KINDS: dict[str, tuple[Callable[[], AbstractContextManager[list[str]]], str, dic
 }
 
 
-def _status(path: str) -> dict[str, str]:
-    fields = {}
-    for line in Path(path).read_text().splitlines():
-        key, _, rest = line.partition(":")
-        fields[key] = rest.strip()
-    return fields
-
-
 def soak(kind: str, cycles: int, interval: float) -> tuple[list[tuple[int, float, int]], float]:
     """(failed cycles, RSS MiB, threads) at POINTS moments, and the seconds the run took."""
     make, collector, nvml = KINDS[kind]
@@ -103,8 +96,8 @@ def soak(kind: str, cycles: int, interval: float) -> tuple[list[tuple[int, float
                     if failed >= target:
                         break
                     time.sleep(min(1.0, interval * 5))
-                status = _status(f"/proc/{exporter.proc.pid}/status")
-                points.append((int(failed), int(status["VmRSS"].split()[0]) / 1024, int(status["Threads"])))
+                pid = exporter.proc.pid
+                points.append((int(failed), rss_bytes(pid) / 2**20, threads(pid)))
         finally:
             exporter.stop()
         return points, time.monotonic() - began

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import textwrap
@@ -29,6 +28,7 @@ from exporter.facts import gpus as gpu_facts
 from exporter.facts import models as model_facts
 from exporter.facts.gpus import GpuSpec
 from exporter.formatting import dollars
+from exporter.report import positive_number
 
 PROG = "infermeter plan"
 P = "infermeter_"
@@ -44,16 +44,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="A ranked, priced capacity plan for serving a model at a request rate, "
                                         "from the roofline or calibrated by a watched deployment "
@@ -61,13 +51,13 @@ def parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to serve (required unless --from supplies it)")
     what.add_argument("--model", metavar="CONFIG.json|NAME",
                       help="a Hugging Face config.json (or its directory), or a built-in model name")
-    what.add_argument("--rate", type=_number, metavar="REQUESTS_PER_S", help="requests per second to serve")
-    what.add_argument("--prompt-tokens", type=_number, metavar="N", help="mean prompt tokens per request")
-    what.add_argument("--output-tokens", type=_number, metavar="N", help="mean generated tokens per request")
+    what.add_argument("--rate", type=positive_number, metavar="REQUESTS_PER_S", help="requests per second to serve")
+    what.add_argument("--prompt-tokens", type=positive_number, metavar="N", help="mean prompt tokens per request")
+    what.add_argument("--output-tokens", type=positive_number, metavar="N", help="mean generated tokens per request")
     how = p.add_argument_group("targets and options")
-    how.add_argument("--slo-ttft", "--slo-ttft-seconds", dest="slo_ttft", type=_number, metavar="S",
+    how.add_argument("--slo-ttft", "--slo-ttft-seconds", dest="slo_ttft", type=positive_number, metavar="S",
                      help=f"time-to-first-token target (default {planner.DEFAULT_TTFT_SECONDS:g} s)")
-    how.add_argument("--slo-tpot", "--slo-tpot-seconds", dest="slo_tpot", type=_number, metavar="S",
+    how.add_argument("--slo-tpot", "--slo-tpot-seconds", dest="slo_tpot", type=positive_number, metavar="S",
                      help=f"time-per-output-token target (default {planner.DEFAULT_TPOT_SECONDS:g} s)")
     how.add_argument("--gpu", action="append", metavar="NAME",
                      help="only this GPU model (NVML name, e.g. 'NVIDIA H100 80GB HBM3'); repeatable")
@@ -86,13 +76,13 @@ def parser() -> argparse.ArgumentParser:
                                 "and observed efficiency of one engine (flags given here win)")
     calibrate.add_argument("--engine", metavar="NAME",
                            help="with --from: the engine to read (needed when there are several)")
-    calibrate.add_argument("--decode-efficiency", type=_number, metavar="RATIO",
+    calibrate.add_argument("--decode-efficiency", type=positive_number, metavar="RATIO",
                            help="observed decode step efficiency (MBU): roofline step / real step, (0, 1]")
-    calibrate.add_argument("--prefill-efficiency", type=_number, metavar="RATIO",
+    calibrate.add_argument("--prefill-efficiency", type=positive_number, metavar="RATIO",
                            help="observed prefill efficiency: roofline prefill / real prefill, (0, 1]")
     calibrate.add_argument("--roofline", action="store_true",
                            help="ignore the efficiency --from observed: plan on the roofline alone")
-    calibrate.add_argument("--timeout", type=_number, default=10.0, metavar="S", help="--from read timeout")
+    calibrate.add_argument("--timeout", type=positive_number, default=10.0, metavar="S", help="--from read timeout")
     return p
 
 

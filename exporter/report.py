@@ -146,13 +146,14 @@ def render(report: EngineReport) -> str:
     return "\n".join(lines)
 
 
-def _timeout(text: str) -> float:
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (a timeout, a rate, a token count, an efficiency)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
 
 
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--prometheus", metavar="URL", help="a Prometheus server that scrapes infermeter")
     parser.add_argument("--engine", help="only this engine")
     parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.add_argument("--timeout", type=_timeout, default=10.0, metavar="S", help="read timeout (default 10)")
+    parser.add_argument("--timeout", type=positive_number, default=10.0, metavar="S", help="read timeout (default 10)")
     args = parser.parse_args(argv)
     if args.source:
         where, want = args.source, remote.AUTO

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from exporter.httpserver import DEFAULT_MAX_CONNECTIONS, MAX_REJECTING
+from tests.host import cpu_seconds, open_fds, threads
 from tests.process import ROOT, ExporterProcess, stop_process
 from tests.test_webconfig import HASH, PASSWORD, USER, _openssl
 
@@ -27,20 +28,6 @@ HOST = "127.0.0.1"
 FD_LIMIT = 1024
 IDLE_CONNECTIONS = 1100
 SCRAPERS = 300
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,9 @@ def test_failed_checks_of_all_clients_share_a_cpu_budget_that_cached_credentials
     assert call(auth, basic("newcomer", "pw"), addr="10.2.0.1")[0] == 401
 
 
-def test_a_busy_checker_answers_429_without_waiting_long() -> None:
+def _blocking_check() -> tuple[Callable[[bytes, bytes], bool], threading.Semaphore, threading.Event]:
+    """A bcrypt stand-in that holds each check until released (up to 5 s) and then refuses it; the
+    semaphore counts the checks that began."""
     release = threading.Event()
     entered = threading.Semaphore(0)
 
@@ -299,6 +301,11 @@ def test_a_busy_checker_answers_429_without_waiting_long() -> None:
         release.wait(5)
         return False
 
+    return blocking, entered, release
+
+
+def test_a_busy_checker_answers_429_without_waiting_long() -> None:
+    blocking, entered, release = _blocking_check()
     auth = BasicAuth(app, {USER: HASH}, limits=AuthLimits(wait_seconds=0.1), check=blocking)
     first = threading.Thread(target=call, args=(auth, basic(USER, "a"), "10.0.0.1"))
     first.start()
@@ -314,14 +321,7 @@ def test_a_busy_checker_answers_429_without_waiting_long() -> None:
 
 
 def test_only_a_few_checks_may_wait_for_their_turn() -> None:
-    release = threading.Event()
-    entered = threading.Semaphore(0)
-
-    def blocking(password: bytes, hashed: bytes) -> bool:
-        entered.release()
-        release.wait(5)
-        return False
-
+    blocking, entered, release = _blocking_check()
     limits = AuthLimits(wait_seconds=5.0, queue=2)
     auth = BasicAuth(app, {USER: HASH}, limits=limits, check=blocking)
     statuses: list[int] = []
