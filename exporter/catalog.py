@@ -155,16 +155,59 @@ CATALOG: tuple[MetricSpec, ...] = (
     _engine("idle_cost_dollars_per_hour", "gauge", "dollars per hour",
             "The share of the hourly cost the GPUs spend idle (1 - GPU utilisation)."),
     _engine("achievable_cost_per_million_tokens_dollars", "gauge", "dollars",
-            "Cost of a million tokens if the deployment had the right-sized GPU count for the observed load."),
-    # --- right-sizing ---
-    _engine("rightsizing_gpus_needed", "gauge", "GPUs",
-            "Fewest GPUs of this type, in whole replicas of the engine's shape, that serve the observed demand "
-            "within the SLO targets, by the roofline."),
+            "Cost of a million tokens " + WINDOW_NOTE + " on the recommended shape "
+            "(infermeter_rightsizing_gpus_needed)."),
+    # --- right-sizing: the state with its evidence, and one planner call (docs/analytic-model.md) ---
     _engine("rightsizing_state", "gauge", "",
-            "1 for the engine's current state over the window: overprovisioned, memory_bound, compute_bound or "
-            "balanced (rules in docs/analytic-model.md).", (*ENGINE_LABELS, "state")),
+            "1 for the engine's state: overprovisioned, memory_bound, compute_bound, engine_limited, sleeping or "
+            "balanced, decided by the evidence of the last minute's loaded samples; a state is taken once it has "
+            "been the candidate for 3 cycles and 15 s, the first one included (sleeping, which the engine "
+            "declares, at once; rules in docs/analytic-model.md).", (*ENGINE_LABELS, "state")),
+    _engine("rightsizing_state_changes_total", "counter", "",
+            "Changes of infermeter_rightsizing_state since the exporter started (flapping shows here)."),
+    _engine("rightsizing_evidence_window_seconds", "gauge", "seconds",
+            "Span of the samples the state's evidence comes from (the last minute of the window)."),
+    _engine("rightsizing_loaded_ratio", "gauge", "ratio",
+            "Share of the evidence samples in which a request was running or waiting."),
+    _engine("rightsizing_queueing_ratio", "gauge", "ratio",
+            "Share of the loaded evidence samples in which a request was waiting."),
+    _engine("rightsizing_kv_cache_full_ratio", "gauge", "ratio",
+            "Share of the loaded evidence samples in which KV cache usage was at least 0.9."),
+    _engine("rightsizing_preemptions_per_second", "gauge", "",
+            "Preemptions (SGLang: retractions) per second over the evidence samples; any means the KV cache "
+            "ran out."),
+    _engine("rightsizing_waiting_requests", "gauge", "",
+            "Mean requests waiting over the loaded evidence samples."),
+    _engine("rightsizing_gpu_busy_ratio", "gauge", "ratio",
+            "Mean NVML utilisation of the engine's GPUs over the loaded evidence samples (shown, not decisive: "
+            "it counts any kernel running)."),
+    _engine("rightsizing_batch_ratio", "gauge", "ratio",
+            "Mean running requests per replica over the loaded evidence samples, over the largest batch whose "
+            "decode step meets the TPOT target on the engine's current shape."),
+    _engine("rightsizing_gpus_needed", "gauge", "GPUs",
+            "GPUs of the engine's GPU model in the cheapest tensor-parallel shape that serves its load "
+            + WINDOW_NOTE + " within the SLO targets (one planner call: infermeter report and plan --from give "
+            "the same); an engine that finished nothing is planned for one default request."),
+    _engine("rightsizing_plan_info", "info", "",
+            "The recommended shape: tensor_parallel, basis=calibrated when the engine's observed efficiency "
+            "was applied (roofline otherwise), and the KV cache dtype planned with (auto or fp8, from the engine's "
+            "cache_dtype); value 1.", (*ENGINE_LABELS, "tensor_parallel", "basis", "kv_cache_dtype")),
     _engine("rightsizing_savings_dollars_per_hour", "gauge", "dollars per hour",
-            "What running the right-sized GPU count would save per hour."),
+            "What the engine costs per hour now minus the recommended shape of its GPU model (never below 0)."),
+    _engine("rightsizing_planned_requests_per_second", "gauge", "",
+            "Requests per second the planner was given (the window's rate, two significant digits; 1e-06 with "
+            "a default request when nothing finished in the window)."),
+    _engine("rightsizing_planned_prompt_tokens", "gauge", "tokens",
+            "Mean prompt tokens per request the planner was given."),
+    _engine("rightsizing_planned_output_tokens", "gauge", "tokens",
+            "Mean output tokens per request the planner was given."),
+    _engine("rightsizing_efficiency_ratio", "gauge", "ratio",
+            "Observed share of the roofline the planner applied, per phase (decode: analytic MBU; prefill: "
+            "roofline prefill of the mean prompt over the mean prefill time); absent: that phase is on the roofline.",
+            (*ENGINE_LABELS, "phase")),
+    _engine("rightsizing_calibration_info", "info", "",
+            "Per phase, whether the planner is calibrated, and if not why (reason: no_requests, "
+            "too_few_requests, not_observed, not_positive); value 1.", (*ENGINE_LABELS, "phase", "basis", "reason")),
     # --- what-if: the observed load on other GPU models (docs/planning.md) ---
     _engine("whatif_gpus_needed", "gauge", "GPUs",
             "GPUs of this model, in whole replicas of its cheapest tensor-parallel shape, that would serve the "
@@ -177,7 +220,7 @@ CATALOG: tuple[MetricSpec, ...] = (
             "targets; basis=calibrated applies the engine's observed efficiency, roofline does not; value 1.",
             (*ENGINE_LABELS, "gpu_model", "tensor_parallel", "basis")),
     _engine("whatif_savings_dollars_per_hour", "gauge", "dollars per hour",
-            "What the engine costs per hour now minus what the cheapest GPU model would (never below 0)."),
+            "What the engine costs per hour now minus the cheapest option over GPU models (never below 0)."),
     # --- the exporter itself ---
     _self("collector_success", "gauge", "",
           "1 if the collector's last run succeeded, else 0 (collector = nvml or engine/NAME).", ("collector",)),

@@ -17,14 +17,16 @@ from typing import Protocol
 
 from exporter.catalog import QUANTILES
 from exporter.config import Config
+from exporter.derive import verdict
 from exporter.derive.analysis import Analysis, Deployment, analyse
 from exporter.derive.assignment import StableAssignment
 from exporter.derive.cost import Costs, costs, engine_prompt_share
 from exporter.derive.engine import EngineStats, engine_stats
+from exporter.derive.rightsizing import PlanInputs, Rightsizing, Shapes, savings
 from exporter.derive.whatif import WhatIf
 from exporter.derive.window import SampleWindow
 from exporter.facts.gpus import GpuSpec
-from exporter.resolve import FactsResolver, WhatIfAdvisor
+from exporter.resolve import FactsResolver, Planner
 from exporter.samples import GpuSample, NvmlReading
 from exporter.sources import SourceError
 from exporter.sources.engine import EngineReading, EngineSource
@@ -68,6 +70,8 @@ class EngineView:
     cost_dollars_total: float | None = None
     # the observed load planned on every candidate GPU model (--whatif)
     whatif: WhatIf | None = None
+    # the state with its evidence, and the planner's answer on the engine's own GPU model
+    rightsizing: Rightsizing | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,11 @@ class Collection:
         self._assignment = StableAssignment([e.target.name for e in self._engines], config.engine_gpus)
         self._last_price: dict[str, float] = {}  # GPU UUID -> its last known hourly price
         self._facts = FactsResolver(config)
-        self._whatif = WhatIfAdvisor(self._facts, config)
+        self._planner = Planner(self._facts, config)
+        self._holds = {e.target.name: verdict.StateHold() for e in self._engines}
+        # engine -> sample timestamp -> mean NVML utilisation of its GPUs then (evidence for the state)
+        self._gpu_busy: dict[str, dict[float, float]] = {e.target.name: {} for e in self._engines}
+        self._said: set[tuple[str, str, str]] = set()  # (engine, phase, reason) logged about calibration
         self._spent: dict[str, float] = {}
         self._spent_at: dict[str, float] = {}
         self._ok: dict[str, bool] = {}
@@ -208,29 +216,35 @@ class Collection:
             # an engine keeps paying for a GPU it owns that cannot be read now, at that GPU's last price
             owned_prices = [self._last_price.get(uuid) for uuid in owned[name]]
             memory = _process_memory(engine_gpus)
-            stats = analysis = engine_costs = advice = None
+            stats = analysis = engine_costs = advice = sizing = None
             if isinstance(result, EngineReading):
                 self._windows[name].add(result.sample)
+                self._note_gpu_busy(name, result.sample.timestamp, engine_gpus)
                 identity.kind = result.sample.kind
                 identity.model = result.identity.model or result.sample.model_label or identity.model
                 identity.version = result.identity.version or ""
                 try:
                     stats = engine_stats(self._windows[name].samples(), QUANTILES)
-                    analysis = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
+                    analysed = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
+                    analysis = analysed[0] if analysed is not None else None
                     engine_costs = _costs(stats, engine_gpus, owned_prices, analysis)
-                    if analysis is not None and self.config.whatif:
+                    if analysed is not None:
+                        analysis, deployment = analysed
                         first = engine_gpus[0].index  # analysis implies a known GPU spec
-                        advice = self._whatif.advise(stats, analysis, result.sample.config, specs[first],
-                                                     prices.get(first))
+                        current = engine_costs.per_hour if engine_costs is not None else None
+                        inputs, own, advice = self._planner.advise(
+                            stats, analysis, result.sample.config, specs[first], prices.get(first),
+                            deployment.replica_gpus, current)
+                        sizing = self._rightsize(name, stats, analysis, deployment, inputs, own, current, now)
                 except Exception:  # a derivation bug must cost this engine's series, not the snapshot
                     log.exception("engine %s: deriving windowed statistics failed", name)
                     self._windows[name].clear()
-                    stats = analysis = engine_costs = advice = None
+                    stats = analysis = engine_costs = advice = sizing = None
             views.append(EngineView(
                 name=name, up=stats is not None, kind=identity.kind, model=identity.model,
                 version=identity.version, stats=stats, gpus=engine_gpus, gpu_memory_used_bytes=memory,
                 analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now),
-                whatif=advice))
+                whatif=advice, rightsizing=sizing))
         return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
                         slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds,
@@ -240,7 +254,8 @@ class Collection:
                         demo_engines=self.config.demo_engines or {})
 
     def _analyse(self, name: str, reading: EngineReading, stats: EngineStats, gpus: Sequence[GpuSample],
-                 specs: Mapping[int, GpuSpec], prices: Mapping[int, float], memory: float | None) -> Analysis | None:
+                 specs: Mapping[int, GpuSpec], prices: Mapping[int, float],
+                 memory: float | None) -> tuple[Analysis, Deployment] | None:
         if not gpus or gpus[0].index not in specs:
             return None
         served = reading.identity.model or reading.sample.model_label or ""
@@ -267,7 +282,42 @@ class Collection:
                 f"mismatch:{name}:{model.source}", "engine %s: model %s (%s) and the KV cache the engine reports "
                 "need %.0f GB, more than its %d GPU(s) hold: the model spec does not match what the engine "
                 "serves; pass the right --model-config", name, served, model.source, claimed / 1e9, deployment.gpus)
-        return analysis
+        return analysis, deployment
+
+    def _note_gpu_busy(self, name: str, timestamp: float, gpus: Sequence[GpuSample]) -> None:
+        """Keep the mean utilisation of the engine's GPUs beside each sample of its window."""
+        busy = self._gpu_busy[name]
+        utilization = [g.utilization_ratio for g in gpus if g.utilization_ratio is not None]
+        if utilization:
+            busy[timestamp] = sum(utilization) / len(utilization)
+        oldest = timestamp - self.config.window
+        for stale in [t for t in busy if t < oldest]:
+            del busy[stale]
+
+    def _rightsize(self, name: str, stats: EngineStats, analysis: Analysis, deployment: Deployment,
+                   inputs: PlanInputs, own: Shapes, current_dollars_per_hour: float | None,
+                   now: float) -> Rightsizing:
+        """The state from the evidence (with hysteresis) and the planner's recommendation on the engine's own
+        GPU model, with what it saves."""
+        for phase, reason in sorted(inputs.reasons.items()):
+            if reason and (name, phase, reason) not in self._said:
+                self._said.add((name, phase, reason))
+                log.info("engine %s: %s efficiency not calibrated (%s): planning that phase on the roofline", name,
+                         phase, reason)
+        evidence = verdict.gather(self._windows[name].samples(), self._gpu_busy[name], own.batch_limit,
+                                  deployment.replicas)
+        recommended = own.recommended
+        fewer = recommended is not None and recommended.gpus is not None and recommended.gpus < deployment.gpus
+        hold = self._holds[name]
+        proposed = verdict.candidate(evidence, analysis.bandwidth_share, fewer)
+        state = hold.update(proposed, now, at_once=proposed == "sleeping")
+        if recommended is None:
+            return Rightsizing(inputs, state, hold.changes, evidence)
+        tokens = stats.counter_rates.get("prompt_tokens", 0.0) + stats.counter_rates.get("generation_tokens", 0.0)
+        hourly = recommended.dollars_per_hour
+        achievable = hourly / (tokens * 3600) * 1e6 if hourly is not None and tokens > 0 else None
+        return Rightsizing(inputs, state, hold.changes, evidence, recommended.gpus, recommended.tensor_parallel,
+                           savings(current_dollars_per_hour, hourly), achievable)
 
     def _spend(self, name: str, engine_costs: Costs | None, now: float) -> float | None:
         """Add the money spent since the last cycle at the current hourly cost (a counter)."""

@@ -9,6 +9,7 @@ Example exposition::
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.catalog import CATALOG, MetricSpec, help_text
 from exporter.collection import Snapshot
-from exporter.derive.analysis import STATES
+from exporter.derive.rightsizing import PHASES, Rightsizing
+from exporter.derive.verdict import STATES
 from exporter.derive.whatif import WhatIf
 from exporter.samples import GpuSample
 
@@ -134,9 +136,6 @@ ANALYSIS_GAUGES: dict[str, str] = {
     "infermeter_expected_time_per_output_token_seconds": "expected_tpot_seconds",
     "infermeter_expected_time_to_first_token_seconds": "expected_ttft_seconds",
     "infermeter_tpot_efficiency_ratio": "tpot_efficiency_ratio",
-    "infermeter_achievable_cost_per_million_tokens_dollars": "achievable_cost_per_million_tokens",
-    "infermeter_rightsizing_gpus_needed": "gpus_needed",
-    "infermeter_rightsizing_savings_dollars_per_hour": "savings_per_hour",
 }
 # Analysis mapping field -> (gauge, label name)
 ANALYSIS_BREAKDOWNS: dict[str, tuple[str, str]] = {
@@ -164,6 +163,7 @@ def analysis_points(snapshot: Snapshot) -> Iterator[Point]:
             for token_type, value in sorted(engine.costs.per_million_tokens.items()):
                 yield Point("infermeter_cost_per_million_tokens_dollars", {**labels, "token_type": token_type}, value)
         yield from whatif_points(engine.whatif, labels)
+        yield from rightsizing_points(engine.rightsizing, labels)
         analysis = engine.analysis
         if analysis is None:
             continue
@@ -177,10 +177,59 @@ def analysis_points(snapshot: Snapshot) -> Iterator[Point]:
         for family, (field_name, label) in ANALYSIS_BREAKDOWNS.items():
             for key, value in sorted(getattr(analysis, field_name).items()):
                 yield Point(family, {**labels, label: key}, value)
-        if analysis.state is not None:
-            for state in STATES:
-                yield Point("infermeter_rightsizing_state", {**labels, "state": state},
-                            1 if state == analysis.state else 0)
+
+
+# Rightsizing / Evidence field -> gauge
+RIGHTSIZING_GAUGES: dict[str, str] = {
+    "infermeter_rightsizing_gpus_needed": "gpus_needed",
+    "infermeter_rightsizing_savings_dollars_per_hour": "savings_per_hour",
+    "infermeter_achievable_cost_per_million_tokens_dollars": "achievable_cost_per_million_tokens",
+}
+EVIDENCE_GAUGES: dict[str, str] = {
+    "infermeter_rightsizing_evidence_window_seconds": "seconds",
+    "infermeter_rightsizing_loaded_ratio": "loaded_ratio",
+    "infermeter_rightsizing_queueing_ratio": "queueing_ratio",
+    "infermeter_rightsizing_kv_cache_full_ratio": "kv_full_ratio",
+    "infermeter_rightsizing_preemptions_per_second": "preemptions_per_second",
+    "infermeter_rightsizing_waiting_requests": "waiting_requests",
+    "infermeter_rightsizing_gpu_busy_ratio": "gpu_busy_ratio",
+    "infermeter_rightsizing_batch_ratio": "batch_ratio",
+}
+
+
+def rightsizing_points(sizing: Rightsizing | None, labels: dict[str, str]) -> Iterator[Point]:
+    if sizing is None:
+        return
+    if sizing.state is not None:
+        for state in STATES:
+            yield Point("infermeter_rightsizing_state", {**labels, "state": state}, 1 if state == sizing.state else 0)
+        yield Point("infermeter_rightsizing_state_changes_total", labels, sizing.state_changes)
+    if sizing.evidence is not None:
+        for family, field_name in EVIDENCE_GAUGES.items():
+            value = getattr(sizing.evidence, field_name)
+            if value is not None and math.isfinite(value):
+                yield Point(family, labels, value)
+    for family, field_name in RIGHTSIZING_GAUGES.items():
+        value = getattr(sizing, field_name)
+        if value is not None:
+            yield Point(family, labels, value)
+    inputs = sizing.inputs
+    if sizing.tensor_parallel is not None:
+        yield Point("infermeter_rightsizing_plan_info",
+                    {**labels, "tensor_parallel": str(sizing.tensor_parallel), "basis": inputs.basis,
+                     "kv_cache_dtype": inputs.kv_cache_dtype}, 1)
+    workload = inputs.workload
+    yield Point("infermeter_rightsizing_planned_requests_per_second", labels, workload.requests_per_second)
+    yield Point("infermeter_rightsizing_planned_prompt_tokens", labels, workload.prompt_tokens)
+    yield Point("infermeter_rightsizing_planned_output_tokens", labels, workload.output_tokens)
+    for phase in PHASES:
+        efficiency = getattr(inputs.calibration, phase)
+        if efficiency is not None:
+            yield Point("infermeter_rightsizing_efficiency_ratio", {**labels, "phase": phase}, efficiency)
+        reason = inputs.reasons.get(phase, "")
+        yield Point("infermeter_rightsizing_calibration_info",
+                    {**labels, "phase": phase, "basis": "roofline" if efficiency is None else "calibrated",
+                     "reason": reason}, 1)
 
 
 def whatif_points(advice: WhatIf | None, labels: dict[str, str]) -> Iterator[Point]:

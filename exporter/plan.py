@@ -63,8 +63,9 @@ def parser() -> argparse.ArgumentParser:
                      help="only this GPU model (NVML name, e.g. 'NVIDIA H100 80GB HBM3'); repeatable")
     how.add_argument("--dtype", choices=planner.WEIGHT_DTYPES,
                      help="serve the weights in this precision (default: the checkpoint's own)")
-    how.add_argument("--kv-cache-dtype", choices=planner.KV_CACHE_DTYPES, default="auto",
-                     help="KV cache precision (vLLM --kv-cache-dtype; auto = the model's activation dtype)")
+    how.add_argument("--kv-cache-dtype", choices=planner.KV_CACHE_DTYPES, default=None,
+                     help="KV cache precision (vLLM --kv-cache-dtype; auto = the model's activation dtype); "
+                          "default: what --from planned with, else auto")
     how.add_argument("--pricing", choices=PRICING_MODELS,
                      help="which price per GPU-hour (default: the --config file's pricing, else on-demand)")
     how.add_argument("--config", metavar="FILE",
@@ -170,6 +171,7 @@ class Observed:
     slo_tpot_seconds: float | None
     decode_efficiency: float | None
     prefill_efficiency: float | None
+    kv_cache_dtype: str | None = None
 
     def describe(self) -> dict[str, Any]:
         e = self.engine
@@ -200,23 +202,21 @@ def observe(url: str, engine: str | None, samples: Sequence[report.Sample]) -> O
         model = source
     elif e.labels.get("model") and model_facts.builtin(e.labels["model"]) is not None:
         model = e.labels["model"]
-    rps = e.get(P + "requests_per_second")
-    prompt, generation = e.get(P + "prompt_tokens_per_second"), e.get(P + "generation_tokens_per_second")
     slo: dict[str, float] = {}
     for name, value in ((n, v) for n, labels, v in samples
                         if n.startswith(P + "slo_") and _instance(labels) == e.instance):
         slo[name] = value
-    seen = planner.Calibration.observed(e.get(P + "memory_bandwidth_utilization_ratio", "source=analytic"),
-                                        e.get(P + "expected_time_to_first_token_seconds"),
-                                        e.get(P + "time_to_first_token_seconds", "quantile=0.5"),
-                                        queue_seconds=e.get(P + "queue_time_seconds", "quantile=0.5"))
+    # what the exporter's own planner was given (exporter.derive.rightsizing), so that this plan's row for
+    # the engine's GPU model is the exporter's infermeter_rightsizing_gpus_needed
     return Observed(
-        url=url, engine=e, model=model, requests_per_second=rps if rps else None,
-        prompt_tokens=prompt / rps if rps and prompt else None,
-        output_tokens=generation / rps if rps and generation else None,
+        url=url, engine=e, model=model, requests_per_second=e.get(P + "rightsizing_planned_requests_per_second"),
+        prompt_tokens=e.get(P + "rightsizing_planned_prompt_tokens"),
+        output_tokens=e.get(P + "rightsizing_planned_output_tokens"),
         slo_ttft_seconds=slo.get(P + "slo_time_to_first_token_seconds"),
         slo_tpot_seconds=slo.get(P + "slo_time_per_output_token_seconds"),
-        decode_efficiency=seen.decode, prefill_efficiency=seen.prefill)
+        decode_efficiency=e.get(P + "rightsizing_efficiency_ratio", "phase=decode"),
+        prefill_efficiency=e.get(P + "rightsizing_efficiency_ratio", "phase=prefill"),
+        kv_cache_dtype=e.labels.get("plan_kv_cache_dtype"))
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -387,7 +387,7 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
             where.append("decode: analytic MBU")
         if prefill is None and observed.prefill_efficiency is not None:
             prefill = observed.prefill_efficiency
-            where.append("prefill: expected / observed TTFT p50")
+            where.append("prefill: expected TTFT / observed mean prefill time")
         source_text = f"engine {observed.engine.engine}{on} at {observed.url}"
     else:
         source_text = ""
@@ -403,7 +403,8 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
     if not prices.from_config:
         notes.append("catalogue prices are placeholders (exporter/facts/gpus.toml); put yours under gpus: in --config")
     result = planner.plan(model, gpus, workload, slo, pricing=prices.pricing, calibration=calibration,
-                          kv_cache_dtype=args.kv_cache_dtype)
+                          kv_cache_dtype=args.kv_cache_dtype or (observed.kv_cache_dtype if observed else None)
+                          or "auto")
     extra: dict[str, Any] = {"gpus": [g.name for g in gpus], "config_file": args.config,
                              "observed": observed.describe() if observed else None}
     return result, extra, notes

@@ -65,6 +65,12 @@ def group(samples: Iterable[Sample]) -> list[EngineReport]:
             continue
         report = reports.setdefault((instance, labels["engine"]), EngineReport(labels["engine"], instance))
         report.labels.update({k: v for k, v in labels.items() if k in {"kind", "model"} and v})
+        if name == "infermeter_rightsizing_plan_info":  # its labels must not mix with the what-if's best shape
+            report.labels.update({f"plan_{k}": v for k, v in labels.items() if k not in ENGINE_LABELS})
+            continue
+        if name == "infermeter_rightsizing_calibration_info":  # one per phase: "calibrated" or why not
+            report.labels[f"calibration_{labels.get('phase', '')}"] = labels.get("reason") or labels.get("basis", "")
+            continue
         if name.endswith("_info"):
             report.labels.update({k: v for k, v in labels.items() if k not in ENGINE_LABELS})
             continue
@@ -106,7 +112,8 @@ def render(report: EngineReport) -> str:
     if up != 1:
         lines.append("  DOWN: the exporter could not read this engine in its last collection")
         return "\n".join(lines)
-    lines.append(f"  state            {state.rstrip('}') if state else 'unknown (no model or GPU facts)'}")
+    verdict = evidence(state.rstrip("}"), r) if state else "unknown (no model or GPU facts, or too little evidence yet)"
+    lines.append(f"  state            {verdict}")
     rps, waiting = r.get(p + "requests_per_second"), r.get(p + "requests_waiting")
     prompt, generated = r.get(p + "prompt_tokens_per_second"), r.get(p + "generation_tokens_per_second")
     running, usage = r.get(p + "requests_running"), r.get(p + "kv_cache_usage_ratio")
@@ -133,17 +140,64 @@ def render(report: EngineReport) -> str:
                   f"{_money(per_million['prompt'])}, generation {_money(per_million['generation'])})")
     lines.append(f"  cost             {_money(r.get(p + 'cost_dollars_per_hour'), '/h')}, {priced}; idle "
                  f"{_money(r.get(p + 'idle_cost_dollars_per_hour'), '/h')}")
-    needed = r.get(p + "rightsizing_gpus_needed")
-    if needed is not None:
-        savings = r.get(p + "rightsizing_savings_dollars_per_hour") or 0.0
-        achievable = r.get(p + "achievable_cost_per_million_tokens_dollars")
-        advice = (f"{needed:.0f} GPU(s) would serve this load within the SLOs (it has {len(r.gpus)})"
-                  + (f": save {_money(savings, '/h')}" if savings > 0 else "")
-                  + (f"; at that size {_money(achievable)} per million tokens" if achievable is not None else ""))
-    else:
-        advice = "no recommendation (unknown model or GPU, or no batch meets the SLO targets)"
-    lines.append(f"  recommendation   {advice}")
+    lines.append(f"  recommendation   {recommendation(r)}")
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.0%}"
+
+
+# the settings that cap an engine's batch, by kind (docs/runbooks.md, InfermeterDeploymentEngineLimited)
+ENGINE_CAPS = {
+    "vllm": "--max-num-seqs, --max-num-batched-tokens",
+    "sglang": "--max-running-requests, --chunked-prefill-size, --max-prefill-tokens",
+    "tgi": "--max-batch-total-tokens, --max-batch-prefill-tokens, --max-concurrent-requests",
+    "triton": "max_batch_size, max_num_tokens in the model config",
+}
+
+
+def evidence(state: str, r: EngineReport) -> str:
+    """``memory_bound: 1.13 preemptions/s, ...``: the state and what it rests on (docs/analytic-model.md)."""
+    p = "infermeter_rightsizing_"
+    preemptions, full = r.get(p + "preemptions_per_second"), r.get(p + "kv_cache_full_ratio")
+    queueing, waiting = r.get(p + "queueing_ratio"), r.get(p + "waiting_requests")
+    batch, busy, loaded = r.get(p + "batch_ratio"), r.get(p + "gpu_busy_ratio"), r.get(p + "loaded_ratio")
+    seconds = r.get(p + "evidence_window_seconds")
+    queue = f"requests waiting in {_share(queueing)} of loaded samples ({waiting or 0:.1f} on average)"
+    batch_text = f"batch at {_share(batch)} of the largest the TPOT target allows"
+    facts = {
+        "memory_bound": f"{preemptions or 0:.2f} preemptions/s, KV cache full in {_share(full)} of loaded samples, "
+                        + queue,
+        "compute_bound": f"{queue}, {batch_text}",
+        "engine_limited": f"{queue} with KV cache room, {batch_text}: the engine's own caps "
+                          f"({ENGINE_CAPS.get(r.labels.get('kind', ''), 'its batch and token limits')}), "
+                          f"GPUs {_share(busy)} busy",
+        "overprovisioned": f"no queue, loaded in {_share(loaded)} of samples, {batch_text}",
+        "sleeping": "the engine sleeps (vLLM sleep mode): its GPUs hold no work",
+        "balanced": f"no sustained queue or preemption, {batch_text}",
+    }
+    detail = facts.get(state)
+    span = f" (last {seconds:.0f} s)" if seconds is not None and state != "sleeping" else ""
+    return f"{state}: {detail}{span}" if detail else state
+
+
+def recommendation(r: EngineReport) -> str:
+    """The planner's answer for the engine's GPU model, as infermeter_rightsizing_* says it."""
+    p = "infermeter_rightsizing_"
+    needed = r.get(p + "gpus_needed")
+    if needed is None:
+        return "no recommendation (unknown model or GPU, or no shape meets the SLO targets)"
+    shape = r.labels.get("plan_tensor_parallel")
+    savings = r.get(p + "savings_dollars_per_hour") or 0.0
+    achievable = r.get("infermeter_achievable_cost_per_million_tokens_dollars")
+    calibration = ", ".join(f"{phase} {r.labels[f'calibration_{phase}']}" for phase in ("decode", "prefill")
+                            if f"calibration_{phase}" in r.labels)
+    return (f"{needed:.0f} GPU(s)" + (f" at tensor parallel {shape}" if shape else "")
+            + f" would serve this load within the SLOs (it has {len(r.gpus)})"
+            + (f": save {_money(savings, '/h')}" if savings > 0 else "")
+            + (f"; at that size {_money(achievable)} per million tokens" if achievable is not None else "")
+            + (f" [{calibration}]" if calibration else ""))
 
 
 def positive_number(text: str) -> float:

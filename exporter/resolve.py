@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from exporter.config import Config
-from exporter.derive import plan, whatif
+from exporter.derive import plan, rightsizing, whatif
 from exporter.derive.analysis import Analysis
 from exporter.derive.engine import EngineStats
+from exporter.derive.rightsizing import PlanInputs, Shapes, plan_inputs
 from exporter.derive.whatif import WhatIf
 from exporter.facts.gpus import GpuSpec, catalogue, find, spec_from_mapping
 from exporter.facts.models import ModelSpec, builtin, load
@@ -155,48 +156,48 @@ def _configured(paths: Mapping[str, str], engine: str) -> str | None:
     return paths.get(engine) or paths.get("")
 
 
-class WhatIfAdvisor:
-    """Live what-if advice per engine (exporter.derive.whatif), from the engine's observed load, model and
-    efficiency. Inputs are rounded to two significant digits and the answers cached, so a steady load
-    costs a dictionary lookup per cycle instead of a plan over the catalogue."""
+class Planner:
+    """One planner call per engine per cycle (exporter.derive.rightsizing): the engine's own GPU model at
+    every tensor-parallel size, and with --whatif every candidate GPU model, for the engine's observed load
+    and efficiency. Inputs are rounded to two significant digits and each GPU model's shapes cached, so a
+    steady load costs dictionary lookups per cycle instead of plans over the catalogue."""
 
-    CACHE_SIZE = 256
+    CACHE_SIZE = 1024  # GPU-model evaluations kept (a catalogue's worth for dozens of loads)
 
     def __init__(self, facts: FactsResolver, config: Config) -> None:
         self._facts = facts
+        self._whatif = config.whatif
         self._slo = plan.Slo(config.slo_ttft_seconds or plan.DEFAULT_TTFT_SECONDS,
                              config.slo_tpot_seconds or plan.DEFAULT_TPOT_SECONDS)
-        self._cache: dict[tuple[object, ...], WhatIf] = {}
+        self._cache: dict[tuple[object, ...], tuple[plan.Candidate, ...]] = {}
 
     def advise(self, stats: EngineStats, analysis: Analysis, engine_config: Mapping[str, str], gpu: GpuSpec,
-               price_per_gpu_hour: float | None) -> WhatIf | None:
-        """The advice for an engine on ``gpu`` GPUs at ``price_per_gpu_hour`` (its own price, which may
-        be --gpu-hourly-cost); None when the window holds no finished request with tokens."""
-        load = whatif.workload(stats)
-        if load is None:
-            return None
-        load = plan.Workload(_sig2(load.requests_per_second), _sig2(load.prompt_tokens), _sig2(load.output_tokens))
-        ttft, queue = stats.latency.get("time_to_first_token"), stats.latency.get("queue_time")
-        observed = plan.Calibration.observed(analysis.mbu.get("analytic"), analysis.expected_ttft_seconds,
-                                             ttft.quantiles.get(0.5) if ttft else None,
-                                             queue_seconds=queue.quantiles.get(0.5) if queue else None)
-        calibration = plan.Calibration(_round(observed.decode), _round(observed.prefill), "observed")
-        kv_dtype = engine_config.get("cache_dtype") or "auto"
+               price_per_gpu_hour: float | None, current_tensor_parallel: int,
+               current_dollars_per_hour: float | None) -> tuple[PlanInputs, Shapes, WhatIf | None]:
+        """The planner's inputs, the engine's own GPU model ranked (its recommendation and batch limit), and
+        the what-if over GPU models (None with --no-whatif). ``price_per_gpu_hour`` is the engine's own
+        price (which may be --gpu-hourly-cost); ``current_dollars_per_hour`` what it costs now."""
+        inputs = plan_inputs(stats, analysis, engine_config.get("cache_dtype"))
+        kv_dtype = inputs.kv_cache_dtype
         model = analysis.model
-        key = (model.name, model.source, model.weight_dtype, load, calibration, kv_dtype, gpu.name, price_per_gpu_hour)
-        if key not in self._cache:
-            if len(self._cache) >= self.CACHE_SIZE:
-                self._cache.clear()
-            # the engine's own GPU model always takes part, at the engine's own price
-            candidates = {**self._facts.whatif_gpus(), gpu.name: (gpu, price_per_gpu_hour)}
-            self._cache[key] = whatif.what_if(model, candidates, load, self._slo, calibration, gpu.name, kv_dtype)
-        return self._cache[key]
+        base = (model.name, model.source, model.weight_dtype, inputs.workload, inputs.calibration, kv_dtype)
 
+        def evaluated(spec: GpuSpec, price: float | None, sizes: tuple[int, ...]) -> tuple[plan.Candidate, ...]:
+            key = (*base, spec.name, price, sizes)
+            if key not in self._cache:
+                if len(self._cache) >= self.CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = tuple(whatif.shapes(model, spec, price, inputs.workload, self._slo,
+                                                       inputs.calibration, kv_dtype, sizes))
+            return self._cache[key]
 
-def _sig2(value: float) -> float:
-    """Two significant digits (what-if inputs: a load that moves by a few percent gives the same answer)."""
-    return float(f"{value:.2g}")
-
-
-def _round(value: float | None) -> float | None:
-    return _sig2(value) if value is not None else None
+        sizes = tuple(dict.fromkeys([*plan.TENSOR_PARALLEL_SIZES, current_tensor_parallel]))
+        own = evaluated(gpu, price_per_gpu_hour, sizes)
+        advice = None
+        if self._whatif:
+            by_gpu = {name: evaluated(spec, price, plan.TENSOR_PARALLEL_SIZES)
+                      for name, (spec, price) in self._facts.whatif_gpus().items() if name != gpu.name}
+            # the engine's own GPU model takes part at the engine's own price, with its own evaluation
+            by_gpu[gpu.name] = tuple(c for c in own if c.tensor_parallel in plan.TENSOR_PARALLEL_SIZES)
+            advice = whatif.what_if(by_gpu, current_dollars_per_hour, inputs.basis)
+        return inputs, rightsizing.shapes(own, current_tensor_parallel), advice

@@ -79,7 +79,8 @@ class EngineSample:
     (speculative decoding).
     ``gauges`` keys: requests_running, requests_waiting, kv_cache_usage_ratio,
     kv_cache_capacity_tokens, prefix_cache_hit_ratio and spec_decode_acceptance_ratio (engines that only
-    report a ratio).
+    report a ratio), data_parallel_ranks, sleep_level (vLLM sleep mode: 0 awake, 1 weights offloaded,
+    2 everything discarded).
     ``histograms`` keys: time_to_first_token, time_per_output_token, inter_token_latency,
     e2e_request_latency, queue_time.
     Only what the engine reported is present.

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from exporter.derive import roofline
-from exporter.derive.analysis import Deployment, analyse, gpus_needed, observed_load
+from exporter.derive.analysis import Deployment, analyse, observed_load
 from exporter.derive.cost import costs, engine_prompt_share
 from exporter.derive.engine import EngineStats, LatencySummary
 from exporter.facts.gpus import find
@@ -217,75 +217,6 @@ def test_analytic_prompt_share_when_the_engine_reports_no_times() -> None:
     assert result.prompt_time_share == pytest.approx(prompt_time / (prompt_time + 400 * step.seconds / 8))
 
 
-def test_gpus_needed_for_the_observed_demand() -> None:
-    # Llama-3.1-8B on one H100 at context ~1024 and a 50 ms TPOT target: the largest batch whose step
-    # stays under 50 ms and whose KV fits (448,308 // 1024 = 437 sequences)
-    llama, kv = model("meta-llama/Llama-3.1-8B"), 2.0
-    capacity = roofline.kv_capacity_tokens(llama, 1, H100_MEMORY, kv)
-    batch = roofline.largest_batch(llama, H100, 1, 1024, kv, capacity, 0.05)
-    step = roofline.decode_step(llama, H100, 1, batch, 1024, kv)
-    over = roofline.decode_step(llama, H100, 1, batch + 1, 1024, kv)
-    assert step is not None and step.seconds <= 0.05
-    assert batch == int(capacity // 1024) or (over is not None and over.seconds > 0.05)
-    decode_capacity = batch / step.seconds
-    # demand of 3 replicas' worth of decode (at 80 % busy): ceil(2.2 x decode capacity / capacity / 0.8) = 3
-    # four data-parallel replicas of one GPU each; demand: 2.2 replicas' decode capacity, no prompts.
-    # Each replica is planned busy at most 80 %: ceil(2.2 / 0.8) = ceil(2.75) = 3 replicas = 3 GPUs
-    window = stats(running=100, kv_usage=0.5, generation_tps=2.2 * decode_capacity, rps=10)
-    load = observed_load(window, replicas=4)
-    assert load.context == pytest.approx(0.5 * 448_308 / 100)  # KV tokens per running request
-    dp4 = deployment(gpus=4, replicas=4)
-    capacity_then = roofline.largest_batch(llama, H100, 1, load.context, kv, capacity, 0.05)
-    step_then = roofline.decode_step(llama, H100, 1, capacity_then, load.context, kv)
-    assert step_then is not None
-    assert gpus_needed(dp4, load) == math.ceil(2.2 * decode_capacity / (capacity_then / step_then.seconds) / 0.8)
-    # a tensor-parallel engine of 4 GPUs is one replica: what it needs comes in whole 4-GPU replicas
-    tp4 = deployment(gpus=4, replicas=1)
-    assert (gpus_needed(tp4, observed_load(window)) or 0) % 4 == 0
-    # no load at all: one replica
-    assert gpus_needed(dp4, observed_load(stats(), 4)) == 1
-    assert gpus_needed(tp4, observed_load(stats())) == 4
-
-
-def test_an_slo_no_batch_can_meet_gives_no_recommendation() -> None:
-    # 1 ms per output token is below the 4.79 ms memory floor of Llama-3.1-8B on an H100
-    assert gpus_needed(deployment(slo_tpot=0.001), observed_load(stats(generation_tps=100, rps=1))) is None
-
-
-@pytest.mark.parametrize(("window", "state"), [
-    # KV cache full and preempting: memory-bound
-    (stats(running=60, kv_usage=0.97, preemptions=0.4, waiting=2, generation_tps=3000, rps=5), "memory_bound"),
-    # requests queue although the KV cache has room: the GPUs cannot schedule faster
-    (stats(running=200, kv_usage=0.6, waiting=4, generation_tps=9000, rps=30), "compute_bound"),
-    # a few requests, a nearly empty cache, low bandwidth use: paying for idle GPUs
-    (stats(running=1, kv_usage=0.02, generation_tps=20, rps=0.1, itl=0.006), "overprovisioned"),
-    # busy, no queue, cache half full, demand that needs the GPUs it has
-    (stats(running=120, kv_usage=0.55, generation_tps=2400, rps=8, prompt_tps=4000, itl=0.02), "balanced"),
-])
-def test_rightsizing_states(window: EngineStats, state: str) -> None:
-    result = analyse(window, deployment(gpus=1), [0.9], None)
-    assert result.state == state
-
-
-def test_state_transitions_as_load_changes() -> None:
-    sequence = [stats(running=1, kv_usage=0.02, generation_tps=20, rps=0.1),
-                stats(running=120, kv_usage=0.55, generation_tps=2400, rps=8, prompt_tps=4000, itl=0.02),
-                stats(running=200, kv_usage=0.95, waiting=6, preemptions=1.0, generation_tps=4000, rps=9),
-                stats(running=120, kv_usage=0.55, generation_tps=2400, rps=8, prompt_tps=4000, itl=0.02)]
-    states = [analyse(w, deployment(), [0.9], None).state for w in sequence]
-    assert states == ["overprovisioned", "balanced", "memory_bound", "balanced"]
-
-
-def test_overprovisioned_engine_shows_savings() -> None:
-    # 4 data-parallel H100s serving what one can: 3 GPUs x $3.00 = $9.00 an hour to save
-    result = analyse(stats(running=2, kv_usage=0.03, generation_tps=50, rps=0.5, itl=0.006),
-                     deployment(gpus=4, replicas=4), [0.05] * 4, None)
-    assert result.gpus_needed == 1 and result.state == "overprovisioned"
-    assert result.savings_per_hour == 9.0
-    # achievable $/Mtok at the right size: 1 GPU x $3 / (50 tokens/s x 3600) x 1e6 = $16.67
-    assert result.achievable_cost_per_million_tokens == pytest.approx(16.667, rel=1e-4)
-
-
 def test_efficiency_mbu_and_mfu() -> None:
     # batch 32, KV usage 0.25 of 448,308 tokens = 112,077 tokens cached;
     # observed step (ITL mean) 12 ms, TPOT median 12 ms
@@ -360,3 +291,24 @@ def test_data_parallel_replicas_hold_a_copy_of_the_weights_each() -> None:
     assert result.memory_breakdown["weights"] == 2 * 16_060_522_496
     # each rank: 448,308.7 tokens; two ranks
     assert result.expected_kv_capacity_tokens == pytest.approx(2 * 448_308.7, rel=1e-6)
+
+
+def test_bandwidth_share_counts_idle_time_unlike_mbu() -> None:
+    """The right-sizing state's "quiet" test reads bandwidth_share (exporter.derive.verdict)."""
+    # 800 generated tokens/s at a batch of 8: 100 decode steps a second. KV cache 0.2 x 448,308 = 89,661.6 tokens.
+    # A step reads the weights less the embedding table plus 8 rows (15,009,914,880 bytes) and every cached
+    # token (89,661.6 x 131,072 = 11,752,018,739 bytes): 26,761,933,619 bytes; x 100 / 3.35e12 = 0.7989
+    window = stats(running=8, kv_usage=0.2, generation_tps=800, rps=2, prompt_tps=2000)
+    weights = 16_060_522_496 - 1_050_673_152 + 8 * 8_192
+    moved = weights + 0.2 * 448_308.0 * 131_072
+    share = analyse(window, deployment(), [0.9], None).bandwidth_share
+    assert share == pytest.approx(100 * moved / BW) and share == pytest.approx(0.7989, rel=1e-4)
+    # a tenth of the tokens at the same batch: a tenth of the steps, a tenth of the share
+    quiet = analyse(stats(running=8, kv_usage=0.2, generation_tps=80, rps=0.2, prompt_tps=200), deployment(), [0.9],
+                    None).bandwidth_share
+    assert quiet == pytest.approx(share / 10)
+    # 4 data-parallel GPUs: each replica's steps over four GPUs' bandwidth (batch 2 and a quarter of the KV
+    # cache each, 400 steps a second in all)
+    spread = analyse(window, deployment(gpus=4, replicas=4), [0.9] * 4, None).bandwidth_share
+    per_replica = 16_060_522_496 - 1_050_673_152 + 2 * 8_192 + 0.2 * 448_308.0 / 4 * 131_072
+    assert spread == pytest.approx(400 * per_replica / (4 * BW))

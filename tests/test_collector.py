@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +14,9 @@ from exporter.collector import SnapshotCollector
 from exporter.derive.analysis import Analysis, Deployment, analyse
 from exporter.derive.cost import Costs
 from exporter.derive.engine import EngineStats, LatencySummary
+from exporter.derive.plan import Calibration, Workload
+from exporter.derive.rightsizing import PlanInputs, Rightsizing
+from exporter.derive.verdict import Evidence
 from exporter.facts.gpus import find
 from exporter.facts.models import builtin
 from exporter.samples import GpuProcess, GpuSample, NvmlReading
@@ -34,6 +39,17 @@ def analysis() -> Analysis:
     return analyse(window, Deployment(llama, h100, 1, 85_520_809_984, 3.0, slo_tpot_seconds=0.05), [0.9], 7e10)
 
 
+def sizing() -> Rightsizing:
+    """The state (held, changed twice) with its evidence, and the planner's answer: 1 GPU at TP1, decode calibrated."""
+    inputs = PlanInputs(Workload(2.0, 1000.0, 400.0), Calibration(0.45, None, "observed"),
+                        {"decode": "", "prefill": "too_few_requests"})
+    evidence = Evidence(seconds=60.0, loaded_ratio=0.5, queueing_ratio=0.0, kv_full_ratio=0.0,
+                        kv_full_waiting_ratio=0.0, preemptions_per_second=0.0, waiting_requests=0.0, kv_usage=0.2,
+                        gpu_busy_ratio=None, batch_ratio=float("inf"))
+    return Rightsizing(inputs, "overprovisioned", 2, evidence, gpus_needed=1, tensor_parallel=1, savings_per_hour=0.5,
+                       achievable_cost_per_million_tokens=0.27)
+
+
 def snapshot() -> Snapshot:
     stats = EngineStats(
         latency={"time_to_first_token": LatencySummary({0.5: 0.1, 0.99: 0.4}, count=10, sum=1.5),
@@ -46,7 +62,8 @@ def snapshot() -> Snapshot:
         timestamp=1_700_000_000.0, window_seconds=300,
         nvml=NvmlReading(driver_version="580.95.05", gpus=(GPU0, GPU1)),
         engines=(EngineView("llama", True, "vllm", "meta-llama/Llama-3.1-8B", "0.10.2", stats, (GPU0,), 6.9e10,
-                            analysis(), Costs(3.0, 0.0004, {"total": 3.0 / (2800 * 3600) * 1e6}, 0.3), 0.25),
+                            analysis(), Costs(3.0, 0.0004, {"total": 3.0 / (2800 * 3600) * 1e6}, 0.3), 0.25,
+                            rightsizing=sizing()),
                  EngineView("down", False, "tgi", "", "", None, (GPU1,), None)),
         collectors={"nvml": CollectorStatus(True, 0.01, 0), "engine/down": CollectorStatus(False, 0.5, 7)},
         gpu_specs={0: find("NVIDIA H100 80GB HBM3")}, gpu_prices={0: 3.0},  # type: ignore[dict-item]
@@ -149,8 +166,6 @@ def test_analysis_and_cost_series() -> None:
     assert value(families, "infermeter_gpu_memory_breakdown_bytes", component="weights", **llama) == 16_060_522_496
     assert value(families, "infermeter_cost_per_million_tokens_dollars", token_type="total", **llama) == \
         pytest.approx(3.0 / (2800 * 3600) * 1e6)
-    states = [v for n, labels, v in families["infermeter_rightsizing_state"] if labels["engine"] == "llama"]
-    assert sorted(states) == [0, 0, 0, 1]
     assert value(families, "infermeter_gpu_peak_flops", gpu="0", dtype="fp8") == 1978.9e12
     assert value(families, "infermeter_gpu_cost_dollars_per_hour", gpu="0") == 3.0
     assert value(families, "infermeter_slo_time_per_output_token_seconds") == 0.05
@@ -158,3 +173,50 @@ def test_analysis_and_cost_series() -> None:
     # nothing about the down engine or the unpriced GPU
     assert value(families, "infermeter_cost_dollars_per_hour", engine="down") is None
     assert value(families, "infermeter_gpu_cost_dollars_per_hour", gpu="1") is None
+
+
+def test_rightsizing_series() -> None:
+    families = scrape(snapshot())
+    llama = {"engine": "llama", "kind": "vllm", "model": "meta-llama/Llama-3.1-8B"}
+    # one series per state, exactly one of them 1
+    states = {labels["state"]: v for _, labels, v in families["infermeter_rightsizing_state"]}
+    assert states == {"overprovisioned": 1, "memory_bound": 0, "compute_bound": 0, "engine_limited": 0,
+                      "sleeping": 0, "balanced": 0}
+    assert value(families, "infermeter_rightsizing_state_changes_total", **llama) == 2
+    assert value(families, "infermeter_rightsizing_gpus_needed", **llama) == 1
+    assert value(families, "infermeter_rightsizing_plan_info", tensor_parallel="1", basis="calibrated", **llama) == 1
+    assert value(families, "infermeter_rightsizing_savings_dollars_per_hour", **llama) == 0.5
+    assert value(families, "infermeter_achievable_cost_per_million_tokens_dollars", **llama) == 0.27
+    # evidence: what is known, and nothing for what is not (no NVML utilisation) or not finite (B* = 0)
+    assert value(families, "infermeter_rightsizing_evidence_window_seconds", **llama) == 60
+    assert value(families, "infermeter_rightsizing_loaded_ratio", **llama) == 0.5
+    assert value(families, "infermeter_rightsizing_queueing_ratio", **llama) == 0
+    assert value(families, "infermeter_rightsizing_kv_cache_full_ratio", **llama) == 0
+    assert value(families, "infermeter_rightsizing_preemptions_per_second", **llama) == 0
+    assert value(families, "infermeter_rightsizing_waiting_requests", **llama) == 0
+    assert value(families, "infermeter_rightsizing_gpu_busy_ratio", **llama) is None
+    assert value(families, "infermeter_rightsizing_batch_ratio", **llama) is None
+    # the planner's inputs, and per phase its calibration or why there is none
+    assert value(families, "infermeter_rightsizing_planned_requests_per_second", **llama) == 2
+    assert value(families, "infermeter_rightsizing_planned_prompt_tokens", **llama) == 1000
+    assert value(families, "infermeter_rightsizing_planned_output_tokens", **llama) == 400
+    assert value(families, "infermeter_rightsizing_efficiency_ratio", phase="decode", **llama) == 0.45
+    assert value(families, "infermeter_rightsizing_efficiency_ratio", phase="prefill") is None
+    calibration = {labels["phase"]: (labels["basis"], labels["reason"])
+                   for _, labels, _ in families["infermeter_rightsizing_calibration_info"]}
+    assert calibration == {"decode": ("calibrated", ""), "prefill": ("roofline", "too_few_requests")}
+    # nothing about the down engine
+    assert not [labels for samples in families.values() for name, labels, _ in samples
+                if name.startswith("infermeter_rightsizing_") and labels.get("engine") == "down"]
+
+
+def test_no_state_series_before_the_state_has_held() -> None:
+    held = snapshot()
+    llama = held.engines[0]
+    fresh = replace(llama.rightsizing, state=None, state_changes=0)  # type: ignore[type-var]
+    families = scrape(replace(held, engines=(replace(llama, rightsizing=fresh),)))
+    assert "infermeter_rightsizing_state" not in families
+    assert value(families, "infermeter_rightsizing_state_changes_total") is None
+    # the plan and the evidence do not wait for the state
+    assert value(families, "infermeter_rightsizing_gpus_needed", engine="llama") == 1
+    assert value(families, "infermeter_rightsizing_loaded_ratio", engine="llama") == 0.5

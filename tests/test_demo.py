@@ -25,13 +25,20 @@ def test_demo_serves_every_kind_of_metric_and_says_it_is_a_demo(tmp_path: Path) 
     exporter = ExporterProcess(["--demo", "--interval", "1", "--window", "20"], tmp_path)
     try:
         exporter.wait_ready()
-        def overprovisioned() -> Samples | None:
-            samples = exporter.samples()
-            state = value(samples, "infermeter_rightsizing_state", state="overprovisioned",
-                          engine="demo-overprovisioned")
-            return samples if state == 1 else None
+        # each scenario shows its own state once it has held 3 cycles and 15 s (the demo's engines start with
+        # 120 simulated seconds behind them, so the memory-bound one is full and preempting already)
+        expected = {"demo-balanced": "balanced", "demo-memory-bound": "memory_bound",
+                    "demo-overprovisioned": "overprovisioned"}
 
-        samples = wait_for(overprovisioned, timeout=30)
+        def settled() -> Samples | None:
+            samples = exporter.samples()
+            states = {labels["engine"]: labels["state"] for name, labels, v in samples
+                      if name == "infermeter_rightsizing_state" and v == 1}
+            return samples if states == expected else None
+
+        samples = wait_for(settled, timeout=60)
+        for engine in expected:
+            assert value(samples, "infermeter_rightsizing_state_changes_total", engine=engine) == 0  # no flapping
         for engine, scenario in ENGINES.items():
             assert value(samples, "infermeter_demo_info", engine=engine, scenario=scenario) == 1
             assert value(samples, "infermeter_engine_up", engine=engine, model="meta-llama/Llama-3.1-8B") == 1

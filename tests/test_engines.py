@@ -236,3 +236,40 @@ def test_vllm_own_flop_and_byte_estimates_only_when_it_counts_them() -> None:
     assert read(text("vllm-v1-dp2.txt")).gauges["data_parallel_ranks"] == 2
     assert read(text("vllm-v1-dp2.txt")).counters["prefill_seconds"] == naive_sum(
         text("vllm-v1-dp2.txt"), "vllm:request_prefill_time_seconds_sum")
+
+
+def _sleeping(body: str, rank: str, state: str) -> str:
+    """``body`` with data-parallel rank ``rank`` in sleep state ``state`` (1 on that series, 0 on the others)."""
+    def one(match: re.Match[str]) -> str:
+        return f'{match.group(1)}{1.0 if match.group(2) == state else 0.0}'
+    pattern = re.compile(r'^(vllm:engine_sleep_state\{engine="' + rank + r'",[^}]*sleep_state="(\w+)"\} )\S+$',
+                         re.MULTILINE)
+    return pattern.sub(one, body)
+
+
+def test_vllm_sleep_mode_is_a_sleep_level() -> None:
+    """vLLM --enable-sleep-mode: one vllm:engine_sleep_state series per sleep_state, 1 on the current one."""
+    body = text("vllm-0.32.0-real-a.txt")
+    assert naive(body, "vllm:engine_sleep_state", sleep_state="awake")[0][1] == 1.0
+    assert read(body).gauges["sleep_level"] == 0.0
+    assert read(_sleeping(body, "0", "weights_offloaded")).gauges["sleep_level"] == 1.0
+    assert read(_sleeping(body, "0", "discard_all")).gauges["sleep_level"] == 2.0
+    # an engine without sleep mode's metric says nothing about sleep
+    without = "\n".join(line for line in body.splitlines() if "engine_sleep_state" not in line) + "\n"
+    assert "sleep_level" not in read(without).gauges
+    # a state this exporter does not know (the only one at 1) is not read as a level
+    dozing = body.replace('sleep_state="awake"} 1.0', 'sleep_state="dozing"} 1.0')
+    assert naive(dozing, "vllm:engine_sleep_state", sleep_state="dozing")[0][1] == 1.0
+    assert "sleep_level" not in read(dozing).gauges
+
+
+def test_vllm_sleep_level_is_the_deepest_any_data_parallel_rank_reports() -> None:
+    base = text("vllm-0.32.0-real-a.txt")
+    rank1 = "\n".join(line.replace('engine="0"', 'engine="1"') for line in base.splitlines()
+                      if line.startswith("vllm:engine_sleep_state{"))
+    body = base.replace('vllm:engine_sleep_state{engine="0",model_name="tinyllama",sleep_state="discard_all"} 0.0',
+                        'vllm:engine_sleep_state{engine="0",model_name="tinyllama",sleep_state="discard_all"} 0.0\n'
+                        + rank1)
+    assert len(naive(body, "vllm:engine_sleep_state")) == 6
+    assert read(body).gauges["sleep_level"] == 0.0
+    assert read(_sleeping(body, "1", "weights_offloaded")).gauges["sleep_level"] == 1.0

@@ -27,7 +27,7 @@ import pytest
 from exporter import plan as command
 from exporter.derive import plan as planner
 from exporter.derive import roofline
-from exporter.derive.analysis import TARGET_BUSY_SHARE, Deployment, Load, gpus_needed
+from exporter.derive.analysis import TARGET_BUSY_SHARE
 from exporter.facts import gpus as gpu_facts
 from exporter.facts.gpus import GpuSpec
 from exporter.facts.models import ModelSpec
@@ -135,21 +135,6 @@ def test_llama_70b_bf16_does_not_fit_one_h100_but_fits_two_with_tensor_parallel(
     # at 10 requests/s: 10 / (0.8 x 3.224) = 3.88 -> 4 replicas, 8 GPUs
     busy = planner.plan(llama, [gpu(H100_NAME)], planner.Workload(10, 1000, 250), planner.Slo(2, 0.1))
     assert candidate(busy, H100_NAME, 2).replicas == math.ceil(10 * per_request / TARGET_BUSY_SHARE) == 4
-
-
-def test_the_planner_agrees_with_the_live_right_sizing() -> None:
-    """Replicas x GPUs per replica is what analysis.gpus_needed says for the same shape and load."""
-    llama = model("meta-llama/Llama-3.1-70B")
-    for rate, tp in ((2.0, 2), (10.0, 2), (10.0, 4), (37.0, 8)):
-        work = planner.Workload(rate, 1000, 250)
-        slo = planner.Slo(2.0, 0.05)
-        found = planner.evaluate(llama, gpu(H100_NAME), tp, work, slo, price_per_gpu_hour=3.0)
-        deployment = Deployment(model=llama, gpu=gpu(H100_NAME), gpus=tp, memory_bytes_per_gpu=H100_MEMORY,
-                                price_per_gpu_hour=3.0, slo_ttft_seconds=2.0, slo_tpot_seconds=0.05)
-        load = Load(batch=1, context=work.context, prompt_tokens_per_second=rate * 1000,
-                    generation_tokens_per_second=rate * 250, requests_per_second=rate, mean_prompt_tokens=1000,
-                    kv_tokens=None, step_seconds=None, tpot_median_seconds=None)
-        assert found.gpus == gpus_needed(deployment, load), (rate, tp)
 
 
 def test_fp8_halves_the_weight_bytes_and_moves_the_decode_floor() -> None:
@@ -278,11 +263,6 @@ def test_calibration_halving_the_decode_efficiency_doubles_the_step_and_adds_rep
     assert planner.Calibration(decode=1.7).decode == 1.0
     with pytest.raises(ValueError, match="decode efficiency"):
         planner.Calibration(decode=0.0)
-    # from what the exporter reports: MBU for decode, roofline TTFT 20 ms against an observed median of 80 ms
-    seen = planner.Calibration.observed(0.45, 0.02, 0.08, "engine x")
-    assert (seen.decode, seen.prefill, seen.applies) == (0.45, 0.25, True)
-    assert planner.Calibration.observed(1.3, None, 0.08).decode == 1.0
-    assert not planner.Calibration.observed(None, 0.02, 0.0).applies
 
 
 def test_every_reason_a_candidate_is_ruled_out() -> None:
@@ -450,6 +430,9 @@ def plan_command(*args: str) -> subprocess.CompletedProcess[str]:
 def exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
     engine = FakeEngine(FIXTURE)
     engine.zero()
+    # 4 running from the start, so that the window's mean batch, and with it the analytic MBU, holds still
+    engine.set("vllm:num_requests_running", 4)
+    engine.set("vllm:kv_cache_usage_perc", 0.05)
     with FakeEngineServer(engine) as server:
         process = ExporterProcess(["--interval", "0.5", "--window", "30", "--engine", f"llama={server.url}",
                                    "--model-config", str(LLAMA_8B_FILE), "--gpu-hourly-cost", "2.5",
@@ -457,17 +440,19 @@ def exporter(tmp_path: Path) -> Iterator[ExporterProcess]:
                                   tmp_path, nvml_spec=h100_node(1))
         try:
             process.wait_ready()
-            # 6 requests of 5,000 prompt and 500 generated tokens each, decoded at 10 ms per token with
-            # 4 running; their TTFTs are 50 ms
-            engine.set("vllm:num_requests_running", 4)
-            engine.set("vllm:kv_cache_usage_perc", 0.05)
-            engine.observe("vllm:inter_token_latency_seconds", 0.01, times=3000)
-            engine.observe("vllm:time_to_first_token_seconds", 0.05, times=6)
-            engine.inc("vllm:prompt_tokens_total", 30_000)
-            engine.inc("vllm:generation_tokens_total", 3000)
-            engine.inc("vllm:request_success_total", 6, {"finished_reason": "stop"})
-            wait_for(lambda: value(process.samples(), "infermeter_memory_bandwidth_utilization_ratio",
-                                   engine="llama", source="analytic"), timeout=20)
+            wait_for(lambda: value(process.samples(), "infermeter_engine_up", engine="llama") == 1)
+            # 12 requests (at least rightsizing.MIN_CALIBRATION_REQUESTS, 10, to calibrate) of 5,000 prompt and 500
+            # generated tokens each, decoded at 10 ms per token with 4 running; their TTFTs are 50 ms, of which
+            # 40 ms in prefill by the engine's own request_prefill_time
+            engine.observe("vllm:inter_token_latency_seconds", 0.01, times=6000)
+            engine.observe("vllm:time_to_first_token_seconds", 0.05, times=12)
+            engine.observe("vllm:request_prefill_time_seconds", 0.04, times=12)
+            engine.observe("vllm:e2e_request_latency_seconds", 5.05, times=12)
+            engine.inc("vllm:prompt_tokens_total", 60_000)
+            engine.inc("vllm:generation_tokens_total", 6000)
+            engine.inc("vllm:request_success_total", 12, {"finished_reason": "stop"})
+            wait_for(lambda: value(process.samples(), "infermeter_rightsizing_efficiency_ratio",
+                                   engine="llama", phase="prefill"), timeout=20)
             yield process
         finally:
             process.stop()
@@ -484,12 +469,18 @@ def test_plan_from_a_running_exporter(exporter: ExporterProcess) -> None:
     assert inputs["requests_per_second"] > 0
     assert inputs["slo"] == {"ttft_seconds": 1.5, "tpot_seconds": 0.08}
     assert inputs["observed"]["engine"] == "llama" and inputs["observed"]["gpus"] == [H100_NAME]
-    # calibrated by the engine's own efficiency: MBU for decode, expected / observed TTFT for prefill
+    # calibrated by the engine's own efficiency, as the exporter's planner was: the analytic MBU for decode, the
+    # roofline prefill over the engine's own mean prefill time (40 ms) for prefill, both in two digits
     samples = exporter.samples()
     mbu = value(samples, "infermeter_memory_bandwidth_utilization_ratio", engine="llama", source="analytic")
-    assert data["basis"] == "calibrated" and mbu is not None
-    assert data["calibration"]["decode_efficiency"] == pytest.approx(min(mbu, 1.0), rel=0.05)
-    assert 0 < data["calibration"]["prefill_efficiency"] <= 1
+    expected_ttft = value(samples, "infermeter_expected_time_to_first_token_seconds", engine="llama")
+    assert data["basis"] == "calibrated" and mbu is not None and expected_ttft is not None
+    decode = value(samples, "infermeter_rightsizing_efficiency_ratio", engine="llama", phase="decode")
+    prefill = value(samples, "infermeter_rightsizing_efficiency_ratio", engine="llama", phase="prefill")
+    assert data["calibration"]["decode_efficiency"] == decode == pytest.approx(min(mbu, 1.0), rel=0.05)
+    assert data["calibration"]["prefill_efficiency"] == prefill == float(f"{min(expected_ttft / 0.04, 1.0):.2g}")
+    assert data["calibration"]["source"].endswith("decode: analytic MBU, prefill: expected TTFT / observed mean "
+                                                  "prefill time")
     assert "engine llama on 1 x NVIDIA H100 80GB HBM3" in data["calibration"]["source"]
     assert any(c["feasible"] for c in data["candidates"])
     # flags win over what was observed; --roofline ignores the efficiency
@@ -509,7 +500,7 @@ def test_plan_from_an_unreachable_url_says_so() -> None:
 
 
 def test_plan_from_a_prometheus_that_scrapes_the_exporter(exporter: ExporterProcess, tmp_path: Path) -> None:
-    ready = 'infermeter_memory_bandwidth_utilization_ratio{source="analytic"}'
+    ready = 'infermeter_rightsizing_efficiency_ratio{phase="decode"}'
     with prometheus_scraping(tmp_path, f"127.0.0.1:{exporter.port}", ready) as url:
         result = plan_command("--from", url, "--gpu", H100_NAME, "--format", "json")
         assert result.returncode == 0, result.stderr

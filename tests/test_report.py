@@ -44,17 +44,60 @@ def test_render_from_samples() -> None:
         (p + "cost_dollars_per_hour", engine, 6.0),
         (p + "cost_per_request_dollars", engine, 6.0 / 1800),
         (p + "rightsizing_gpus_needed", engine, 1.0),
-        (p + "rightsizing_savings_dollars_per_hour", engine, 3.0),
+        (p + "rightsizing_savings_dollars_per_hour", engine, 3.0),  # $6 now - 1 x $3
+        (p + "rightsizing_plan_info", {**engine, "tensor_parallel": "1", "basis": "calibrated"}, 1.0),
+        (p + "rightsizing_calibration_info", {**engine, "phase": "decode", "basis": "calibrated", "reason": ""}, 1.0),
+        (p + "rightsizing_calibration_info", {**engine, "phase": "prefill", "basis": "roofline",
+                                              "reason": "too_few_requests"}, 1.0),
+        (p + "rightsizing_evidence_window_seconds", engine, 60.0),
+        (p + "rightsizing_loaded_ratio", engine, 0.4),
+        (p + "rightsizing_batch_ratio", engine, 0.02),
         *[(p + "rightsizing_state", {**engine, "state": s}, float(s == "overprovisioned"))
-          for s in ("overprovisioned", "memory_bound", "compute_bound", "balanced")],
+          for s in ("overprovisioned", "memory_bound", "compute_bound", "engine_limited", "sleeping", "balanced")],
     ]
     (only,) = group(samples)
     text = render(only)
     assert text.splitlines()[0] == "engine llama (vllm, meta-llama/Llama-3.1-8B-Instruct) on 2 x NVIDIA H100 80GB HBM3"
-    assert "state            overprovisioned" in text
+    # the state with the evidence it rests on
+    assert ("  state            overprovisioned: no queue, loaded in 40% of samples, batch at 2% of the largest the "
+            "TPOT target allows (last 60 s)") in text
     assert "TPOT p50 9.0 ms (roofline 4.5 ms, efficiency 0.50)" in text
     assert "$6.00/h, $0.00333 per request" in text  # $6 an hour / 1,800 requests an hour
-    assert "1 GPU(s) would serve this load within the SLOs (it has 2): save $3.00/h" in text
+    assert ("1 GPU(s) at tensor parallel 1 would serve this load within the SLOs (it has 2): save $3.00/h "
+            "[decode calibrated, prefill too_few_requests]") in text
+
+
+@pytest.mark.parametrize(("state", "values", "expected"), [
+    ("memory_bound", {"preemptions_per_second": 1.13, "kv_cache_full_ratio": 0.8, "queueing_ratio": 0.6,
+                      "waiting_requests": 3.3},
+     "memory_bound: 1.13 preemptions/s, KV cache full in 80% of loaded samples, requests waiting in 60% of loaded "
+     "samples (3.3 on average)"),
+    ("compute_bound", {"queueing_ratio": 0.9, "waiting_requests": 12.0, "batch_ratio": 0.75},
+     "compute_bound: requests waiting in 90% of loaded samples (12.0 on average), batch at 75% of the largest the "
+     "TPOT target allows"),
+    ("engine_limited", {"queueing_ratio": 1.0, "waiting_requests": 5.0, "batch_ratio": 0.06, "gpu_busy_ratio": 0.97},
+     "engine_limited: requests waiting in 100% of loaded samples (5.0 on average) with KV cache room, batch at 6% of "
+     "the largest the TPOT target allows: the engine's own caps (--max-num-seqs, --max-num-batched-tokens), GPUs "
+     "97% busy"),
+    ("sleeping", {}, "sleeping: the engine sleeps (vLLM sleep mode): its GPUs hold no work"),
+    ("balanced", {"batch_ratio": 0.4}, "balanced: no sustained queue or preemption, batch at 40% of the largest the "
+                                       "TPOT target allows"),
+])
+def test_each_state_prints_its_evidence(state: str, values: dict[str, float], expected: str) -> None:
+    engine = {"engine": "e", "kind": "vllm", "model": "m"}
+    samples = [("infermeter_engine_up", engine, 1.0),
+               *((f"infermeter_rightsizing_{name}", engine, v) for name, v in values.items()),
+               *(("infermeter_rightsizing_state", {**engine, "state": s}, float(s == state))
+                  for s in ("overprovisioned", "memory_bound", "compute_bound", "engine_limited", "sleeping",
+                            "balanced"))]
+    (only,) = group(samples)
+    (line,) = [line for line in render(only).splitlines() if line.startswith("  state")]
+    assert line == f"  state            {expected}"
+
+
+def test_no_state_yet_says_why() -> None:
+    (only,) = group([("infermeter_engine_up", {"engine": "e", "kind": "vllm", "model": "m"}, 1.0)])
+    assert ("  state            unknown (no model or GPU facts, or too little evidence yet)" in render(only))
 
 
 def test_down_engine() -> None:

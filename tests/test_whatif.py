@@ -13,7 +13,6 @@ from exporter.collector import SnapshotCollector
 from exporter.config import ConfigError
 from exporter.config import load_config as load
 from exporter.derive import plan, whatif
-from exporter.derive.engine import EngineStats
 from exporter.facts import gpus as gpu_facts
 from exporter.facts import models as model_facts
 from exporter.simulate import SimulatorServer, exposition_for, simulation
@@ -34,104 +33,91 @@ def spec(name: str) -> gpu_facts.GpuSpec:
     return found
 
 
-def stats(rps: float, prompt_tps: float, generation_tps: float) -> EngineStats:
-    return EngineStats(counter_rates={"requests_finished": rps, "prompt_tokens": prompt_tps,
-                                      "generation_tokens": generation_tps})
-
-
-# --- the workload the window implies -------------------------------------------------------------
-
-def test_the_workload_is_the_mean_request_over_the_window() -> None:
-    load_ = whatif.workload(stats(4.0, 4000.0, 800.0))
-    assert load_ == plan.Workload(4.0, 1000.0, 200.0)
-
-
-@pytest.mark.parametrize("rates", [(0.0, 0.0, 0.0), (2.0, 0.0, 100.0), (2.0, 100.0, 0.0)])
-def test_no_finished_requests_or_no_tokens_means_nothing_to_plan(rates: tuple[float, float, float]) -> None:
-    assert whatif.workload(stats(*rates)) is None
-
-
 # --- the advice ----------------------------------------------------------------------------------
+# (The workload a window implies, and the planner that calls these per engine, are in tests/test_rightsizing.py.)
 
-def candidates(prices: dict[str, float | None]) -> dict[str, tuple[gpu_facts.GpuSpec, float | None]]:
-    return {name: (spec(name), price) for name, price in prices.items()}
+
+DEFAULT_SLO = plan.Slo()
+
+
+def evaluated(prices: dict[str, float | None], load_: plan.Workload, model: model_facts.ModelSpec | None = LLAMA_8B,
+              slo: plan.Slo = DEFAULT_SLO, calibration: plan.Calibration = plan.ROOFLINE,
+              ) -> dict[str, list[plan.Candidate]]:
+    """Each GPU model's shapes for ``load_`` at its price, as the planner evaluates them."""
+    assert model is not None
+    return {name: whatif.shapes(model, spec(name), price, load_, slo, calibration) for name, price in prices.items()}
+
+
+def test_shapes_are_every_tensor_parallel_size_evaluated() -> None:
+    load_ = plan.Workload(3.0, 1000.0, 200.0)
+    assert LLAMA_8B is not None
+    shapes = whatif.shapes(LLAMA_8B, spec(H100), 3.0, load_, plan.Slo(), plan.ROOFLINE)
+    assert shapes == [plan.evaluate(LLAMA_8B, spec(H100), tp, load_, plan.Slo(), price_per_gpu_hour=3.0)
+                      for tp in plan.TENSOR_PARALLEL_SIZES]
+    assert [c.tensor_parallel for c in whatif.shapes(LLAMA_8B, spec(H100), 3.0, load_, plan.Slo(), plan.ROOFLINE,
+                                                     sizes=(1, 8))] == [1, 8]
 
 
 def test_each_gpu_model_gets_its_cheapest_shape_and_the_best_is_the_cheapest_of_them() -> None:
     load_ = plan.Workload(3.0, 1000.0, 200.0)
     prices = {H100: 3.0, A100: 1.6, L4: 0.7}
-    advice = whatif.what_if(LLAMA_8B, candidates(prices), load_, plan.Slo(), plan.ROOFLINE, H100)
+    # the engine costs $12/h now (say four H100s at $3)
+    advice = whatif.what_if(evaluated(prices, load_), 12.0, "roofline")
     by_gpu = {o.gpu_model: o for o in advice.options}
     assert set(by_gpu) == set(prices)
     for name, option in by_gpu.items():
         # independently: every tensor-parallel size of that GPU, the feasible one with the lowest $/h
         feasible = [c for tp in plan.TENSOR_PARALLEL_SIZES
-                    if (c := plan.evaluate(LLAMA_8B, spec(name), tp, load_, plan.Slo(),
+                    if (c := plan.evaluate(LLAMA_8B, spec(name), tp, load_, plan.Slo(),  # type: ignore[arg-type]
                                            price_per_gpu_hour=prices[name])).feasible]
         cheapest = min(c.dollars_per_hour or math.inf for c in feasible)
         assert option.dollars_per_hour == pytest.approx(cheapest)
         assert option.dollars_per_hour == pytest.approx(option.gpus * prices[name])
     best = min(advice.options, key=lambda o: o.dollars_per_hour or math.inf)
     assert advice.best == best
-    # savings compare the engine's own GPU model, planned the same way, with the best
-    assert advice.savings_per_hour == pytest.approx(by_gpu[H100].dollars_per_hour - best.dollars_per_hour)
+    # savings: what the engine costs now ($12/h) minus the best option (was: the engine's own GPU model planned
+    # the same way minus the best, which could exceed what the engine costs)
+    assert best.dollars_per_hour is not None
+    assert advice.savings_per_hour == pytest.approx(12.0 - best.dollars_per_hour)
     assert advice.basis == "roofline"
 
 
 def test_a_gpu_model_that_cannot_hold_the_model_has_no_option() -> None:
     # Llama-3.1-70B bf16 weighs about 141 GB; eight T4s hold 8 x (16 GB x 0.9 - 2 GiB), about 98 GB
     usable = 8 * (spec(T4).memory_bytes * 0.9 - 2 * 2**30)
-    assert LLAMA_70B.weight_bytes > usable
-    advice = whatif.what_if(LLAMA_70B, candidates({H100: 3.0, T4: 0.4}), plan.Workload(1.0, 500.0, 100.0),
-                            plan.Slo(), plan.ROOFLINE, H100)
+    assert LLAMA_70B is not None and LLAMA_70B.weight_bytes > usable
+    load_ = plan.Workload(1.0, 500.0, 100.0)
+    options = evaluated({H100: 3.0, T4: 0.4}, load_, LLAMA_70B)
+    assert {c.ruled_out for c in options[T4]} == {"does_not_fit"}
+    h100 = plan.rank(options[H100])[0]
+    assert h100.tensor_parallel >= 2  # 141 GB does not fit on one 80 GB GPU
+    # an engine that costs what the H100 option does: nothing to save
+    advice = whatif.what_if(options, h100.dollars_per_hour, "roofline")
     assert [o.gpu_model for o in advice.options] == [H100]
-    assert advice.options[0].tensor_parallel >= 2  # 141 GB does not fit on one 80 GB GPU
     assert advice.best == advice.options[0] and advice.savings_per_hour == 0.0
+    # one that costs less than the best option (an overloaded engine): never a negative saving
+    assert whatif.what_if(options, 1.0, "roofline").savings_per_hour == 0.0
 
 
-def test_without_a_price_for_the_current_gpu_model_there_are_no_savings() -> None:
-    advice = whatif.what_if(LLAMA_8B, candidates({H100: None, A100: 1.6}), plan.Workload(1.0, 500.0, 100.0),
-                            plan.Slo(), plan.ROOFLINE, H100)
+def test_without_a_price_there_are_no_savings() -> None:
+    load_ = plan.Workload(1.0, 500.0, 100.0)
+    advice = whatif.what_if(evaluated({H100: None, A100: 1.6}, load_), None, "roofline")
     assert advice.best is not None and advice.best.gpu_model == A100
-    assert advice.savings_per_hour is None
+    assert advice.savings_per_hour is None  # what the engine costs now is not known
     assert {o.gpu_model for o in advice.options} == {H100, A100}  # GPUs needed even without a price
+    # no priced option: no best, no savings, although the engine's cost is known
+    unpriced = whatif.what_if(evaluated({H100: None}, load_), 6.0, "roofline")
+    assert unpriced.best is None and unpriced.savings_per_hour is None and len(unpriced.options) == 1
 
 
 def test_a_lower_observed_efficiency_needs_more_gpus() -> None:
     load_ = plan.Workload(20.0, 1000.0, 300.0)
     slo = plan.Slo(2.0, 0.05)
-    roofline = whatif.what_if(LLAMA_8B, candidates({H100: 3.0}), load_, slo, plan.ROOFLINE, H100)
-    slower = whatif.what_if(LLAMA_8B, candidates({H100: 3.0}), load_, slo, plan.Calibration(0.4, 0.5), H100)
+    roofline = whatif.what_if(evaluated({H100: 3.0}, load_, slo=slo), 3.0, "roofline")
+    slower = whatif.what_if(evaluated({H100: 3.0}, load_, slo=slo, calibration=plan.Calibration(0.4, 0.5)), 3.0,
+                            "calibrated")
     assert slower.basis == "calibrated"
     assert slower.options[0].gpus > roofline.options[0].gpus
-
-
-# --- the advisor in the collection: rounding and the cache ------------------------------------------
-
-def analysis_for(model: model_facts.ModelSpec) -> object:
-    from exporter.derive.analysis import Analysis
-
-    return Analysis(model=model, kv_bytes_per_token=0.0, model_weight_bytes=model.weight_bytes,
-                    expected_kv_capacity_tokens=0.0)
-
-
-def test_the_advisor_rounds_the_load_and_caches_the_answer(tmp_path: Path) -> None:
-    from exporter.resolve import FactsResolver, WhatIfAdvisor
-
-    config = load(["--whatif-gpu", A100], {})
-    advisor = WhatIfAdvisor(FactsResolver(config), config)
-    analysis = analysis_for(LLAMA_8B)
-    first = advisor.advise(stats(3.01, 3010.0, 602.0), analysis, {}, spec(H100), 3.0)  # type: ignore[arg-type]
-    again = advisor.advise(stats(3.02, 3020.0, 604.0), analysis, {}, spec(H100), 3.0)  # type: ignore[arg-type]
-    other = advisor.advise(stats(60.0, 60000.0, 12000.0), analysis, {}, spec(H100), 3.0)  # type: ignore[arg-type]
-    assert first is again  # 3.01 and 3.02 requests/s both round to 3.0
-    assert first is not None and other is not None
-    assert sum(o.gpus for o in other.options) > sum(o.gpus for o in first.options)  # twenty times the load
-    # --whatif-gpu limits the candidates, and the engine's own GPU model always takes part at its own price
-    assert {o.gpu_model for o in first.options} == {A100, H100}
-    assert next(o for o in first.options if o.gpu_model == H100).dollars_per_hour == pytest.approx(
-        3.0 * next(o for o in first.options if o.gpu_model == H100).gpus)
-    assert advisor.advise(stats(0.0, 0.0, 0.0), analysis, {}, spec(H100), 3.0) is None  # type: ignore[arg-type]
 
 
 def test_unknown_whatif_gpu_fails_at_start_naming_the_setting() -> None:
@@ -192,8 +178,15 @@ def test_a_running_exporter_advises_a_cheaper_gpu_model(tmp_path: Path, simulate
         (chosen,) = best
         assert value(samples, "infermeter_whatif_cost_dollars_per_hour", engine="sim",
                      gpu_model=chosen["gpu_model"]) == cheapest
+        # savings: what the engine costs now (4 H100s at the catalogue's $3 = $12/h) minus the cheapest option
+        now = value(samples, "infermeter_cost_dollars_per_hour", engine="sim")
+        assert now == 4 * spec(H100).prices["on-demand"] == 12.0
         savings = value(samples, "infermeter_whatif_savings_dollars_per_hour", engine="sim")
-        assert savings == pytest.approx(h100 - cheapest)
+        assert savings == pytest.approx(now - cheapest)
+        # the H100 row is the engine's own right-sizing: the same planner call
+        assert value(samples, "infermeter_whatif_gpus_needed", engine="sim", gpu_model=H100) == \
+            value(samples, "infermeter_rightsizing_gpus_needed", engine="sim")
+        assert h100 == pytest.approx(3.0 * (value(samples, "infermeter_rightsizing_gpus_needed", engine="sim") or 0))
         assert value(samples, "infermeter_whatif_savings_threshold_ratio") == 0.25
     finally:
         exporter.stop()

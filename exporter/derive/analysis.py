@@ -6,7 +6,6 @@ numbers. The rules and formulas are in docs/analytic-model.md.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,12 +19,6 @@ from exporter.facts.models import ModelSpec
 DEFAULT_CONTEXT_TOKENS = 1024.0
 # Right-sizing keeps this headroom: a replica is planned to be busy at most this share of the time.
 TARGET_BUSY_SHARE = 0.8
-# Right-sizing state thresholds (docs/analytic-model.md, "Right-sizing state").
-KV_FULL = 0.9
-KV_LOW = 0.25
-RUNNING_LOW_SHARE = 0.25
-BANDWIDTH_LOW = 0.25
-STATES = ("overprovisioned", "memory_bound", "compute_bound", "balanced")
 
 
 @dataclass(frozen=True)
@@ -94,10 +87,8 @@ class Analysis:
     memory_breakdown: Mapping[str, float] = field(default_factory=dict)  # weights | kv_cache | other
     # share of GPU time on prompts (the engine's own times, else the analytic ones), for the cost split
     prompt_time_share: float | None = None
-    achievable_cost_per_million_tokens: float | None = None
-    gpus_needed: int | None = None
-    state: str | None = None
-    savings_per_hour: float | None = None
+    # share of the GPUs' bandwidth decode used over the window, idle time included (bandwidth_share)
+    bandwidth_share: float | None = None
 
 
 def observed_load(stats: EngineStats, replicas: int = 1) -> Load:
@@ -166,22 +157,13 @@ def analyse(stats: EngineStats, deployment: Deployment, gpu_utilization: Sequenc
 
     breakdown = memory_breakdown(model.weight_bytes * replicas, stats.gauges.get("kv_cache_capacity_tokens"),
                                  kv_per_token, gpu_memory_used_bytes)
-    needed = gpus_needed(deployment, load)
-    state = rightsizing_state(stats, load, deployment, bandwidth_share(load, deployment), needed)
     share = prompt_time_share(stats, load, decode, prefill)
-    cost: dict[str, float] = {}
-    price = deployment.price_per_gpu_hour
-    tokens = load.prompt_tokens_per_second + load.generation_tokens_per_second
-    if needed is not None and price is not None:
-        cost["savings_per_hour"] = max(deployment.gpus - needed, 0) * price
-        if tokens > 0:
-            cost["achievable_cost_per_million_tokens"] = price * needed / (tokens * 3600) * 1e6
     return Analysis(
         model=model, kv_bytes_per_token=kv_per_token, model_weight_bytes=model.weight_bytes,
         expected_kv_capacity_tokens=capacity, expected_tpot_seconds=expected_tpot,
         expected_ttft_seconds=prefill.seconds if prefill else None, tpot_efficiency_ratio=efficiency,
-        mbu=mbu, mfu=mfu, memory_breakdown=breakdown, gpus_needed=needed, state=state, prompt_time_share=share,
-        **cost)
+        mbu=mbu, mfu=mfu, memory_breakdown=breakdown, prompt_time_share=share,
+        bandwidth_share=bandwidth_share(load, deployment))
 
 
 def memory_breakdown(weights: float, kv_capacity_tokens: float | None, kv_per_token: float,
@@ -195,37 +177,6 @@ def memory_breakdown(weights: float, kv_capacity_tokens: float | None, kv_per_to
     return parts
 
 
-def replica_capacity(deployment: Deployment, load: Load) -> tuple[float, float] | None:
-    """Decode and prefill tokens per second one replica (the engine's GPU shape) can serve within the SLOs."""
-    model, gpu, n = deployment.model, deployment.gpu, deployment.replica_gpus
-    kv_bytes = deployment.kv_bytes
-    batch = replica_batch_limit(deployment, load)
-    step = roofline.decode_step(model, gpu, n, batch, load.context, kv_bytes) if batch else None
-    prompt = load.mean_prompt_tokens or load.context
-    prefill = roofline.prefill(model, gpu, n, prompt)
-    if step is None or prefill is None:
-        return None
-    if deployment.slo_ttft_seconds is not None and prefill.seconds > deployment.slo_ttft_seconds:
-        return None
-    return batch / step.seconds, prompt / prefill.seconds
-
-
-def gpus_needed(deployment: Deployment, load: Load) -> int | None:
-    """The fewest GPUs (whole replicas of the engine's shape) that serve the observed demand within the SLOs.
-
-    A replica's time is shared between prefill and decode: it needs
-    generation tok/s / decode capacity + prompt tok/s / prefill capacity of its time, and is planned
-    busy at most TARGET_BUSY_SHARE of it. None when one replica cannot meet the SLOs at any batch.
-    """
-    capacity = replica_capacity(deployment, load)
-    if capacity is None:
-        return None
-    decode_capacity, prefill_capacity = capacity
-    busy = load.generation_tokens_per_second / decode_capacity + load.prompt_tokens_per_second / prefill_capacity
-    replicas = max(1, math.ceil(busy / TARGET_BUSY_SHARE - 1e-9))
-    return replicas * deployment.replica_gpus
-
-
 def bandwidth_share(load: Load, deployment: Deployment) -> float:
     """Share of the GPUs' bandwidth decode used over the window: steps per second x bytes per step.
 
@@ -236,36 +187,6 @@ def bandwidth_share(load: Load, deployment: Deployment) -> float:
     moved = roofline.decode_bytes_per_step(deployment.model, load.batch, kv_tokens, deployment.kv_bytes)
     return steps_per_second * deployment.replicas * moved / (
         deployment.gpus * deployment.gpu.memory_bandwidth_bytes_per_second)
-
-
-def rightsizing_state(stats: EngineStats, load: Load, deployment: Deployment, bandwidth: float,
-                      needed: int | None) -> str:
-    """The engine's state over the window (rules in docs/analytic-model.md), first match wins."""
-    kv_mean = stats.gauge_means.get("kv_cache_usage_ratio", 0.0)
-    waiting_max = stats.gauge_max.get("requests_waiting", 0.0)
-    waiting_mean = stats.gauge_means.get("requests_waiting", 0.0)
-    preempting = stats.counter_rates.get("preemptions", 0.0) > 0
-    if kv_mean >= KV_FULL and (preempting or waiting_max > 0):
-        return "memory_bound"
-    if waiting_mean >= 1 and kv_mean < KV_FULL:
-        return "compute_bound"
-    running_mean = stats.gauge_means.get("requests_running", 0.0)
-    batch_limit = replica_batch_limit(deployment, load)
-    quiet = (waiting_max == 0 and not preempting and kv_mean < KV_LOW
-             and running_mean < RUNNING_LOW_SHARE * max(batch_limit, 1) * deployment.replicas
-             and bandwidth < BANDWIDTH_LOW)
-    if quiet or (needed is not None and needed < deployment.gpus and waiting_max == 0 and not preempting):
-        return "overprovisioned"
-    return "balanced"
-
-
-def replica_batch_limit(deployment: Deployment, load: Load) -> int:
-    """The largest batch one replica's KV cache holds at the observed context within the TPOT target."""
-    n = deployment.replica_gpus
-    capacity = roofline.kv_capacity_tokens(deployment.model, n, deployment.memory_bytes_per_gpu,
-                                           deployment.kv_bytes, deployment.gpu_memory_utilization)
-    return roofline.largest_batch(deployment.model, deployment.gpu, n, load.context,
-                                  deployment.kv_bytes, capacity, deployment.slo_tpot_seconds)
 
 
 def prompt_time_share(stats: EngineStats, load: Load, decode: roofline.StepTime | None,

@@ -25,8 +25,9 @@ class LatencySummary:
     quantiles: Mapping[float, float]
     count: float
     sum: float
-    # the mean of the observations that happened in the window (None when none did)
+    # the mean of the observations that happened in the window (None when none did), and how many there were
     window_mean: float | None = None
+    window_count: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> Engine
         delta = histogram_increase(window)
         mean = delta.sum / delta.count if delta is not None and delta.count > 0 else None
         latency[name] = LatencySummary(quantiles(qs, delta) if delta is not None else {},
-                                       current.count, current.sum, mean)
+                                       current.count, current.sum, mean, delta.count if delta is not None else 0.0)
     counter_rates: dict[str, float] = {}
     for counter in latest.counters:
         rate = counter_rate(*_counter_series(samples, counter))

@@ -108,7 +108,7 @@ class Calibration:
     """The share of the roofline a watched deployment reached, applied to every candidate.
 
     ``decode``: roofline decode step / observed step (the exporter's analytic MBU);
-    ``prefill``: roofline prefill / observed prefill (expected TTFT / observed TTFT p50).
+    ``prefill``: roofline prefill / observed prefill (exporter.derive.rightsizing.plan_inputs says how).
     ``None`` leaves that phase at the roofline. Values above 1 are capped at 1 (the roofline is an
     upper bound; a higher ratio means the model undercounts the work), values <= 0 are refused.
     """
@@ -123,21 +123,6 @@ class Calibration:
             if value is not None:
                 _positive(f"{name} efficiency", value)
                 object.__setattr__(self, name, min(float(value), 1.0))
-
-    @classmethod
-    def observed(cls, mbu: float | None, expected_ttft_seconds: float | None, observed_ttft_seconds: float | None,
-                 source: str = "", queue_seconds: float | None = None) -> Calibration:
-        """From what the exporter reports for a watched engine: its analytic MBU (decode) and its
-        roofline TTFT over its observed TTFT median less the median queue time (prefill; TTFT counts
-        the wait in the queue, which is load, not prefill speed). Missing or non-positive inputs leave
-        that phase on the roofline. (The windowed MFU is not an efficiency: it counts idle time.)"""
-        decode = mbu if mbu is not None and math.isfinite(mbu) and mbu > 0 else None
-        prefill = None
-        if expected_ttft_seconds and observed_ttft_seconds and observed_ttft_seconds > 0:
-            spent = observed_ttft_seconds - (queue_seconds or 0.0)
-            ratio = expected_ttft_seconds / spent if spent > 0 else math.nan
-            prefill = ratio if math.isfinite(ratio) and ratio > 0 else None
-        return cls(decode, prefill, source)
 
     @property
     def decode_factor(self) -> float:

@@ -218,6 +218,7 @@ def markdown_mapping() -> str:
                                      "tgi": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",)},
             "kv_cache_capacity_tokens": {"vllm": (f"{vllm.CACHE_CONFIG} num_gpu_blocks x block_size",),
                                          "tgi": ("/info max_batch_total_tokens",)},
+            "sleep_level": {"vllm": (f"{vllm.SLEEP_STATE} (awake 0, weights_offloaded 1, discard_all 2)",)},
         },
     }
     for module in (triton, sglang):

@@ -62,6 +62,9 @@ PER_GPU = {"engine_flops_per_gpu": "vllm:estimated_flops_per_gpu_total",
 # renamed in 0.9: gpu_cache_usage_perc -> kv_cache_usage_perc (both 0..1 fractions)
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_CONFIG = "vllm:cache_config_info"
+# --enable-sleep-mode (vllm/v1/metrics/loggers.py): one series per sleep_state, 1 on the current one
+SLEEP_STATE = "vllm:engine_sleep_state"
+SLEEP_LEVELS = {"awake": 0.0, "weights_offloaded": 1.0, "discard_all": 2.0}
 
 
 def _number(text: str | None) -> float | None:
@@ -117,6 +120,9 @@ def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | 
     usage = kv_usage(exposition, capacity)
     if usage is not None:
         gauges["kv_cache_usage_ratio"] = usage
+    level = sleep_level(exposition)
+    if level is not None:
+        gauges["sleep_level"] = level
     return EngineSample(timestamp=base.timestamp, kind=base.kind, counters=counters, gauges=gauges,
                         histograms=base.histograms, model_label=base.model_label, config=cache_config(exposition))
 
@@ -125,6 +131,14 @@ def adapt(exposition: Exposition, timestamp: float, _identity: EngineIdentity | 
 # every sample of the window keeps them, so nothing else an engine puts there is held.
 CONFIG_KEYS = ("block_size", "cache_dtype", "gpu_memory_utilization", "num_gpu_blocks")
 CONFIG_VALUE_CHARS = 64
+
+
+def sleep_level(exposition: Exposition) -> float | None:
+    """0 awake, 1 sleeping with its weights offloaded, 2 sleeping with everything discarded; the deepest
+    level any data-parallel rank reports; None where the engine does not say."""
+    levels = [SLEEP_LEVELS[labels["sleep_state"]] for labels, value in exposition.series(SLEEP_STATE)
+              if value == 1 and labels.get("sleep_state") in SLEEP_LEVELS]
+    return max(levels) if levels else None
 
 
 def cache_config(exposition: Exposition) -> dict[str, str]:
@@ -145,5 +159,5 @@ def identity(documents: Mapping[str, Any]) -> EngineIdentity:
     return EngineIdentity(model=model, version=version if isinstance(version, str) else None, model_root=root)
 
 
-ADAPTER = Adapter(NAMES, NAMES.families(*KV_USAGE, CACHE_CONFIG, *PER_GPU.values()), IDENTITY_PATHS, identity,
-                  adapt)
+ADAPTER = Adapter(NAMES, NAMES.families(*KV_USAGE, CACHE_CONFIG, SLEEP_STATE, *PER_GPU.values()), IDENTITY_PATHS,
+                  identity, adapt)
