@@ -47,10 +47,20 @@ ENGINE_MATCHERS = 'instance=~"$instance", engine=~"$engine", model=~"$model"'
 GPU_MATCHERS = 'instance=~"$instance", gpu=~"$gpu"'
 NODE_MATCHERS = 'instance=~"$instance"'
 ENGINE_KEY = "job, instance, engine"  # identifies one engine across its series
+BY_ENGINE = "instance, engine, model"  # one table row or series per engine, with its model
 
 # --- legends ---
 ENGINE_LEGEND = "{{engine}} ({{model}}, {{instance}})"
 GPU_LEGEND = "GPU {{gpu}} ({{instance}})"
+
+# Right-sizing states (exporter/derive/verdict.py STATES; docs/analytic-model.md), each with the code a
+# state timeline query gives it (from idle to saturated) and its colour.
+STATES: dict[str, tuple[int, str]] = {
+    "sleeping": (1, "blue"), "overprovisioned": (2, "orange"), "balanced": (3, "green"),
+    "engine_limited": (4, "purple"), "compute_bound": (5, "red"), "memory_bound": (6, "dark-red")}
+# The exporter's thresholds the evidence panels draw (exporter/derive/verdict.py)
+QUEUEING_SHARE = 0.5  # of loaded samples with a request waiting: a queue
+COMPUTE_BATCH_SHARE = 0.5  # of B*: at or above, a queue is compute_bound; below, engine_limited
 
 # Grafana variables and the values PromQL checks use in their place (see ``substitute``).
 VARIABLE_VALUES = {
@@ -113,6 +123,29 @@ def per_request(by: str = "") -> str:
     """Dollars per request from sums: hourly cost over requests per hour."""
     return (f"{total(engine('infermeter_cost_dollars_per_hour'), by)}"
             f" / (3600 * {total(engine('infermeter_requests_per_second'), by)} > 0)")
+
+
+def state_code(by: str) -> str:
+    """One series per ``by`` label set whose value is the code (STATES) of its right-sizing state: each
+    engine serves 1 for its state and 0 for the others, so the sum of code x value is its state's code."""
+    terms = " or ".join(engine("infermeter_rightsizing_state", f'state="{name}"') + f" * {code}"
+                        for name, (code, _) in STATES.items())
+    return f"sum by ({by}) ({terms})"
+
+
+def state_code_mappings() -> list[dict[str, Any]]:
+    """Value mappings from a state code to the state's name and colour."""
+    return [{"type": "value", "options": {str(code): {"text": name, "color": color, "index": i}
+                                          for i, (name, (code, color)) in enumerate(STATES.items())}}]
+
+
+def state_name_colors() -> dict[str, Any]:
+    """A table override that colours a ``state`` label column by state."""
+    return override_by_name("state", [
+        ("custom.cellOptions", {"type": "color-text"}),
+        ("mappings", [{"type": "value", "options": {
+            name: {"color": color, "index": i} for i, (name, (_, color)) in enumerate(STATES.items())}}]),
+    ])
 
 
 def substitute(expr: str) -> str:
@@ -191,6 +224,18 @@ def bargauge(title: str, unit: str, targets: Iterable[dict[str, Any]], *, descri
     options = {"displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
     return _panel("bargauge", title, unit, targets, description=description, w=w, h=h, defaults=defaults,
+                  options=options)
+
+
+def state_timeline(title: str, targets: Iterable[dict[str, Any]], *, mappings: Iterable[dict[str, Any]],
+                   description: str = "", w: int = 24, h: int = 6) -> dict[str, Any]:
+    """One row per series, coloured by its value through ``mappings`` (a state over time)."""
+    defaults = {"color": {"mode": "thresholds"}, "mappings": list(mappings),
+                "thresholds": _thresholds((None, "text")), "custom": {"fillOpacity": 80, "lineWidth": 0}}
+    options = {"mergeValues": True, "showValue": "auto", "alignValue": "left", "rowHeight": 0.9,
+               "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+               "tooltip": {"mode": "single", "sort": "none"}}
+    return _panel("state-timeline", title, NONE, targets, description=description, w=w, h=h, defaults=defaults,
                   options=options)
 
 
@@ -317,7 +362,7 @@ def fleet_cost() -> dict[str, Any]:
     savings = engine("infermeter_rightsizing_savings_dollars_per_hour")
     needed = engine("infermeter_rightsizing_gpus_needed")
     spent = engine("infermeter_cost_dollars_total")
-    by_engine = "instance, engine, model"
+    by_engine = BY_ENGINE
     per_mtok_total = engine("infermeter_cost_per_million_tokens_dollars", 'token_type="total"')
     overview = row(
         "Overview",
@@ -327,16 +372,17 @@ def fleet_cost() -> dict[str, Any]:
              description="Money spent on the selected engines' GPUs over the dashboard's time range."),
         stat("Idle spend per hour", USD, [target(f"sum({idle})")], decimals=2,
              description="The share of the hourly cost spent while the GPUs ran no kernel (a lower bound)."),
-        stat("Over-provisioning waste per hour", USD, [target(f"sum({savings})")], decimals=2,
+        stat("Right-sizing savings per hour", USD, [target(f"sum({savings})")], decimals=2,
              thresholds=((None, "green"), (0.01, "orange")),
-             description="What running the right-sized GPU count would save per hour (engines whose model "
-                         "is known)."),
+             description="What the selected engines cost per hour now minus the recommended shape of each "
+                         "one's own GPU model, summed (engines with a plan: known model, GPU and price)."),
         stat("Cost per million tokens", USD, [target(per_million_tokens())],
              decimals=2, description="Hourly cost over prompt + generated tokens per hour, all selected engines."),
         stat("GPUs: current and recommended", COUNT,
              [target(engine_gpus(), "current"), target(f"sum({needed})", "recommended")],
-             description="GPUs the engines use, and the fewest that would serve the observed load within the "
-                         "SLOs (recommended covers only engines whose model is known)."),
+             description="GPUs the engines use, and the GPUs of their recommended shapes: one planner call "
+                         "per engine over its own GPU model at every tensor-parallel size, for the observed load "
+                         "within the SLO targets (recommended covers only engines with a plan)."),
     )
     spend = row(
         "Spend by model",
@@ -347,9 +393,9 @@ def fleet_cost() -> dict[str, Any]:
                  description="Increase of infermeter_cost_dollars_total over the dashboard's time range."),
         timeseries("Idle spend per hour by model", USD, [target(f"sum by (model) ({idle})", "{{model}}")],
                    stack=True, description="The idle share of the hourly cost (1 - GPU utilisation), by model."),
-        timeseries("Over-provisioning waste per hour by model", USD,
+        timeseries("Right-sizing savings per hour by model", USD,
                    [target(f"sum by (model) ({savings})", "{{model}}")], stack=True,
-                   description="What the right-sized GPU count would save per hour, by model."),
+                   description="What the engines cost now minus their recommended shapes, per hour, by model."),
     )
     unit_cost = row(
         "Unit cost by model",
@@ -358,7 +404,7 @@ def fleet_cost() -> dict[str, Any]:
                     target(achievable_per_million_tokens("model"), "{{model}} achievable (expected)")],
                    overrides=[EXPECTED_DASHED],
                    description="Hourly cost over prompt + generated tokens per hour, from sums by model; dashed: "
-                               "the cost at the right-sized GPU count (engines whose model is known)."),
+                               "the cost on the recommended shapes (engines with a plan)."),
         timeseries("Cost per request by model", USD, [target(per_request("model"), "{{model}}")],
                    description="Hourly cost over requests finished per hour, from sums by model."),
         timeseries("Cost per million tokens by token type", USD,
@@ -372,20 +418,29 @@ def fleet_cost() -> dict[str, Any]:
                    overrides=[SLO_RED],
                    description="Each engine's cost per request, against --budget-cost-per-request-dollars."),
     )
-    state_colors = {"balanced": "green", "overprovisioned": "orange", "memory_bound": "red", "compute_bound": "red"}
+    state = engine("infermeter_rightsizing_state")
     rightsizing = row(
         "Right-sizing",
+        bargauge("Engines per state", COUNT,
+                 [target(f"sum by (state) ({state})", "{{state}}", instant=True)],
+                 description="Selected engines in each right-sizing state now (docs/analytic-model.md, "
+                             "\"Right-sizing state\"); every state is listed, 0 where no engine is."),
+        timeseries("Engines per state over time", COUNT,
+                   [target(f"sum by (state) ({state})", "{{state}}")], stack=True,
+                   description="Selected engines in each right-sizing state, stacked."),
         timeseries("GPUs: current and recommended by model", COUNT,
                    [target(engine_gpus("model"), "{{model}} current"),
                     target(f"sum by (model) ({needed})", "{{model}} recommended (expected)")],
                    overrides=[EXPECTED_DASHED],
-                   description="GPUs the engines use against the fewest that serve the observed load within the "
-                               "SLO targets, by the roofline."),
-        timeseries("Over-provisioning waste per hour by deployment", USD,
+                   description="GPUs the engines use against the GPUs of their recommended shapes (the engine's "
+                               "own GPU model, any tensor-parallel size) for the observed load within the SLO "
+                               "targets, calibrated where the engine's efficiency is known."),
+        timeseries("Right-sizing savings per hour by deployment", USD,
                    [target(savings, ENGINE_LEGEND)],
-                   description="max(GPUs - GPUs needed, 0) x price per GPU-hour, per engine."),
+                   description="What each engine costs per hour now minus the recommended shape of its own GPU "
+                               "model (never below 0)."),
         table("Deployments", ["instance", "engine", "model", "state"], [
-            Column("", NONE, f"max by ({by_engine}, state) ({engine('infermeter_rightsizing_state')} == 1)"),
+            Column("", NONE, f"max by ({by_engine}, state) ({state} == 1)"),
             Column("GPUs", COUNT, engine_gpus(by_engine)),
             Column("GPUs needed", COUNT, f"max by ({by_engine}) ({needed})"),
             Column("$/hour", USD, f"sum by ({by_engine}) ({cost})"),
@@ -394,12 +449,9 @@ def fleet_cost() -> dict[str, Any]:
             Column("achievable $/Mtok", USD,
                    f"max by ({by_engine}) ({engine('infermeter_achievable_cost_per_million_tokens_dollars')})"),
             Column("$/request", USD, f"max by ({by_engine}) ({engine('infermeter_cost_per_request_dollars')})"),
-        ], h=10, overrides=[override_by_name("state", [
-            ("custom.cellOptions", {"type": "color-text"}),
-            ("mappings", [{"type": "value", "options": {
-                s: {"color": c, "index": i} for i, (s, c) in enumerate(state_colors.items())}}]),
-        ])], description="Right-sizing state per engine (docs/analytic-model.md, section 5), its GPUs and its "
-                         "cost, one row per engine."),
+        ], h=10, overrides=[state_name_colors()],
+            description="Right-sizing state per engine (docs/analytic-model.md, \"Right-sizing state\"), its "
+                        "GPUs and those of its recommended shape, and its cost, one row per engine."),
     )
     whatif_cost = engine("infermeter_whatif_cost_dollars_per_hour")
     whatif_best = engine("infermeter_whatif_best_gpu_info")
@@ -418,9 +470,9 @@ def fleet_cost() -> dict[str, Any]:
                              "within the SLO targets, with the engine's observed efficiency where known "
                              "(docs/planning.md). A GPU model that cannot serve the load is missing."),
         timeseries("Savings from the cheapest GPU model per hour", USD, [target(whatif_savings, ENGINE_LEGEND)],
-                   description="What the engine's own GPU model, planned for the same load, costs per hour minus "
-                               "the cheapest GPU model's cost (InfermeterCheaperGPUAvailable fires above "
-                               "--whatif-savings-threshold-ratio of it for 6 hours)."),
+                   description="What the engine costs per hour now minus the cheapest option over GPU models, its "
+                               "own included (InfermeterCheaperGPUAvailable fires when that is more than "
+                               "--whatif-savings-threshold-ratio of what it costs now for 6 hours)."),
     )
     return dashboard("infermeter-fleet-cost", "infermeter / Fleet cost and right-sizing",
                      "What the GPUs serving LLMs cost, per model and per request or token, what right-sizing "
@@ -545,8 +597,124 @@ def deployment() -> dict[str, Any]:
                    description="Failed collector runs (nvml, engine/NAME) per second."),
     )
     return dashboard("infermeter-deployment", "infermeter / Deployment performance",
-                     "Latency against the roofline and the SLO, throughput, KV cache and efficiency per engine.",
-                     [overview, latency, throughput, kv_cache, efficiency, health])
+                     "The right-sizing state with its evidence and the recommendation, latency against the "
+                     "roofline and the SLO, throughput, KV cache and efficiency per engine.",
+                     [overview, rightsizing_state(), recommendation(), latency, throughput, kv_cache, efficiency,
+                      health])
+
+
+
+def _per_engine(metric: str, *matchers: str) -> str:
+    return f"max by ({BY_ENGINE}) ({engine(metric, *matchers)})"
+
+
+def rightsizing_state() -> Row:
+    """The state over time and now, with the evidence the exporter decided it on (the loaded samples of the
+    last minute: docs/analytic-model.md, "Right-sizing state")."""
+    p = "infermeter_rightsizing_"
+    return row(
+        "Right-sizing state and its evidence",
+        state_timeline("Right-sizing state", [target(state_code(BY_ENGINE), ENGINE_LEGEND)],
+                       mappings=state_code_mappings(),
+                       description="The engine's right-sizing state over time: sleeping, overprovisioned, balanced, "
+                                   "engine_limited (a queue below the batch the TPOT target allows: the engine's "
+                                   "caps), compute_bound (a queue at that batch) or memory_bound (preemptions, or a "
+                                   "queue on a full KV cache). A state is taken after 3 cycles and 15 s."),
+        table("State and evidence", ["instance", "engine", "model", "state"], [
+            Column("", NONE, f"max by ({BY_ENGINE}, state) ({engine(p + 'state')} == 1)"),
+            Column("evidence period", SECONDS, _per_engine(p + "evidence_window_seconds")),
+            Column("loaded", RATIO, _per_engine(p + "loaded_ratio")),
+            Column("queueing", RATIO, _per_engine(p + "queueing_ratio")),
+            Column("waiting", COUNT, _per_engine(p + "waiting_requests")),
+            Column("KV full", RATIO, _per_engine(p + "kv_cache_full_ratio")),
+            Column("preemptions/s", PER_SECOND, _per_engine(p + "preemptions_per_second")),
+            Column("batch / B*", RATIO, _per_engine(p + "batch_ratio")),
+            Column("GPU busy (NVML)", RATIO, _per_engine(p + "gpu_busy_ratio")),
+            Column("state changes", COUNT, _per_engine(p + "state_changes_total")),
+        ], h=6, overrides=[state_name_colors()],
+            description="The state now and its evidence over the last minute: loaded = samples with a request "
+                        "running or waiting; queueing, KV full and the means are over the loaded samples; batch / "
+                        "B* = mean running requests per replica over the largest batch whose decode step meets the "
+                        "TPOT target; preemptions are absent for engines that report none (TGI, TensorRT-LLM)."),
+        timeseries("Evidence: queueing and loaded share", RATIO,
+                   [target(engine(p + "queueing_ratio"), ENGINE_LEGEND + " queueing"),
+                    target(engine(p + "loaded_ratio"), ENGINE_LEGEND + " loaded")],
+                   w=8, max_=1, threshold=QUEUEING_SHARE,
+                   description="Share of the loaded samples with a request waiting (at 0.5 or more: a queue, "
+                               "the state is memory_bound, compute_bound or engine_limited), and share of all "
+                               "samples with a request running or waiting."),
+        timeseries("Evidence: KV cache full share", RATIO,
+                   [target(engine(p + "kv_cache_full_ratio"), ENGINE_LEGEND)], w=8, max_=1,
+                   description="Share of the loaded samples with KV cache usage at least 0.9. With a request "
+                               "waiting on 25 % of them, or any preemption, the state is memory_bound."),
+        timeseries("Evidence: preemptions per second", PER_SECOND,
+                   [target(engine(p + "preemptions_per_second"), ENGINE_LEGEND)], w=8,
+                   description="Preemptions (SGLang: retractions) per second over the last minute: any means the "
+                               "KV cache ran out (memory_bound). Absent for TGI and TensorRT-LLM, and for SGLang "
+                               "until its first retraction."),
+        timeseries("Evidence: batch against B*", RATIO,
+                   [target(engine(p + "batch_ratio"), ENGINE_LEGEND)], w=8, threshold=COMPUTE_BATCH_SHARE,
+                   description="Mean running requests per replica over the loaded samples, over B*, the largest "
+                               "batch whose decode step meets the TPOT target on the current shape. With a queue: "
+                               "compute_bound at 0.5 or more, engine_limited below."),
+        timeseries("Evidence: GPU busy share (NVML)", RATIO,
+                   [target(engine(p + "gpu_busy_ratio"), ENGINE_LEGEND)], w=8, max_=1,
+                   description="Mean NVML utilisation of the engine's GPUs over the loaded samples. Shown, not "
+                               "decisive: it counts the time any kernel ran, so a small decode batch reads near "
+                               "100 % on a real GPU."),
+        timeseries("State changes", COUNT,
+                   [target(f"increase({engine(p + 'state_changes_total')}[$__rate_interval])", ENGINE_LEGEND)],
+                   w=8, description="Right-sizing state changes per interval; more than 4 an hour for 30 minutes "
+                                    "fires InfermeterDeploymentStateFlapping."),
+    )
+
+
+def recommendation() -> Row:
+    """One planner call per engine: the recommended shape of its own GPU model, what it saves, and what the
+    planner was given (docs/analytic-model.md, "One planner call")."""
+    p = "infermeter_rightsizing_"
+    savings = engine(p + "savings_dollars_per_hour")
+    whatif_savings = engine("infermeter_whatif_savings_dollars_per_hour")
+    return row(
+        "Right-sizing recommendation",
+        table("Recommendation", ["instance", "engine", "model", "tensor_parallel", "basis"], [
+            Column("", NONE, f"max by ({BY_ENGINE}, tensor_parallel, basis) ({engine(p + 'plan_info')})"),
+            Column("GPUs now", COUNT, engine_gpus(BY_ENGINE)),
+            Column("GPUs needed", COUNT, _per_engine(p + "gpus_needed")),
+            Column("$/hour now", USD, _per_engine("infermeter_cost_dollars_per_hour")),
+            Column("savings $/hour", USD, f"max by ({BY_ENGINE}) ({savings})"),
+            Column("cheapest GPU model saves $/hour", USD, f"max by ({BY_ENGINE}) ({whatif_savings})"),
+            Column("planned req/s", REQUESTS_PER_SECOND, _per_engine(p + "planned_requests_per_second")),
+            Column("planned prompt tokens", TOKENS, _per_engine(p + "planned_prompt_tokens")),
+            Column("planned output tokens", TOKENS, _per_engine(p + "planned_output_tokens")),
+        ], h=6, description="The planner's answer for the engine's own GPU model: the cheapest tensor-parallel "
+                            "shape (tensor_parallel; it may differ from the engine's) and its GPUs, for the load it "
+                            "was given (planned: the window's rate and mean request, two significant digits); "
+                            "basis=calibrated applies the engine's observed efficiency. Savings = what the engine "
+                            "costs now minus that shape; the cheapest GPU model's saving is the same over every "
+                            "GPU model. infermeter report and infermeter plan --from give the same numbers."),
+        table("Planner calibration", ["instance", "engine", "model", "phase", "basis", "reason"], [
+            Column("", NONE, f"max by ({BY_ENGINE}, phase, basis, reason) ({engine(p + 'calibration_info')})"),
+            Column("efficiency", RATIO, f"max by ({BY_ENGINE}, phase) ({engine(p + 'efficiency_ratio')})"),
+        ], w=12, h=6, description="Per phase, the share of the roofline the planner applied (decode: analytic MBU; "
+                                  "prefill: roofline prefill of the mean prompt over the mean prefill time), or why "
+                                  "that phase stays on the roofline (reason: no_requests, too_few_requests, "
+                                  "not_positive; blank when calibrated)."),
+        timeseries("Planner efficiency by phase", RATIO,
+                   [target(engine(p + "efficiency_ratio"), ENGINE_LEGEND + " {{phase}}")], w=12, max_=1,
+                   description="The observed efficiency the planner applied, per phase; a gap means that phase "
+                               "was on the roofline."),
+        timeseries("GPUs: current and recommended", COUNT,
+                   [target(engine_gpus(BY_ENGINE), ENGINE_LEGEND + " current"),
+                    target(engine(p + "gpus_needed"), ENGINE_LEGEND + " recommended (expected)")],
+                   overrides=[EXPECTED_DASHED],
+                   description="GPUs the engine uses; dashed: the GPUs of its recommended shape."),
+        timeseries("Savings per hour", USD,
+                   [target(savings, ENGINE_LEGEND + " right-sizing"),
+                    target(whatif_savings, ENGINE_LEGEND + " cheapest GPU model")],
+                   description="What the engine costs now minus the recommended shape of its own GPU model "
+                               "(right-sizing) and minus the cheapest option over GPU models."),
+    )
 
 
 def gpu_node() -> dict[str, Any]:

@@ -14,6 +14,7 @@ import yaml
 
 from dashboards import generate
 from exporter.catalog import BY_NAME, MetricSpec
+from exporter.derive import verdict
 from tests.prometheus_server import prometheus_binary
 
 DASHBOARDS = Path(generate.__file__).resolve().parent
@@ -206,3 +207,28 @@ def test_provisioning_files() -> None:
     sources = yaml.safe_load((provisioning / "datasource.yaml").read_text(encoding="utf-8"))
     (source,) = sources["datasources"]
     assert source["type"] == "prometheus" and source["uid"] == "prometheus" and source["url"].startswith("http")
+
+
+def test_the_state_panels_know_every_state_and_the_exporters_thresholds() -> None:
+    """The state timeline's codes and the tables' colours cover the exporter's states, one code each, and
+    the evidence panels draw the exporter's own thresholds."""
+    assert set(generate.STATES) == set(verdict.STATES)
+    codes = [code for code, _ in generate.STATES.values()]
+    assert len(set(codes)) == len(codes) and 0 not in codes  # 0 would read as "no state"
+    assert (generate.QUEUEING_SHARE, generate.COMPUTE_BATCH_SHARE) == (verdict.QUEUEING_SHARE,
+                                                                       verdict.COMPUTE_BATCH_SHARE)
+    timeline = next(p for _, p in all_panels() if p["type"] == "state-timeline")
+    (mapping,) = timeline["fieldConfig"]["defaults"]["mappings"]
+    assert {v["text"] for v in mapping["options"].values()} == set(verdict.STATES)
+    for board, title in (("fleet-cost.json", "Deployments"), ("deployment.json", "State and evidence")):
+        panel = next(p for p in generate.panels(BOARDS[board]) if p["title"] == title)
+        (override,) = [o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "state"]
+        (colours,) = [p["value"] for p in override["properties"] if p["id"] == "mappings"]
+        assert set(colours[0]["options"]) == set(verdict.STATES), (board, title)
+
+
+def test_the_state_code_query_sums_one_code_per_state() -> None:
+    expr = generate.state_code(generate.BY_ENGINE)
+    assert expr.startswith(f"sum by ({generate.BY_ENGINE}) (")
+    for name, (code, _) in generate.STATES.items():
+        assert f'state="{name}"}} * {code}' in expr, name
