@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from exporter.derive.quantiles import histogram_quantile, quantiles
+from exporter.derive.quantiles import bounded_quantiles, histogram_quantile, quantile_bounds, quantiles
 from exporter.samples import Histogram
 
 INF = math.inf
@@ -324,3 +324,82 @@ def test_quantiles_convenience_omits_nan() -> None:
     assert out[1.5] == INF
     empty = Histogram(bounds=(0.1, INF), cumulative_counts=(0, 0), sum=0, count=0)
     assert quantiles([0.5, 0.99], empty) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) Quantiles held to the bounds the data implies (quantile_bounds, bounded_quantiles).
+# ---------------------------------------------------------------------------------------------
+
+VLLM_QUEUE_BOUNDS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                     240.0, 480.0, 960.0, 1920.0, 7680.0, INF]  # vllm/v1/metrics/loggers.py request_queue_time
+
+
+def _histogram(values: list[float], bounds: list[float]) -> Histogram:
+    counts = tuple(float(sum(1 for v in values if v <= b)) for b in bounds)
+    return Histogram(tuple(bounds), counts, math.fsum(values), float(len(values)))
+
+
+def _truths(values: list[float], q: float) -> tuple[float, float]:
+    """numpy's linear interpolation (what vllm bench serve reports) and the nearest rank."""
+    ordered = sorted(values)
+    return float(np.percentile(values, q * 100)), ordered[max(math.ceil(q * len(values)), 1) - 1]
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=60),
+       bounds=st.lists(st.floats(0.001, 50, allow_nan=False), min_size=1, max_size=12, unique=True),
+       q=st.sampled_from([0.5, 0.9, 0.95, 0.99]))
+def test_the_true_quantile_lies_in_the_bounds_and_the_estimate_is_never_further(
+        values: list[float], bounds: list[float], q: float) -> None:
+    h = _histogram(values, [*sorted(bounds), INF])
+    interval = quantile_bounds(q, h)
+    promql = histogram_quantile(q, h.bounds, h.cumulative_counts)
+    estimate = bounded_quantiles([q], h)[q]
+    for truth in _truths(values, q):
+        if interval is not None:
+            low, high = interval
+            assert low - 1e-9 * (1 + abs(low)) <= truth <= high + 1e-9 * (1 + abs(high))
+        assert abs(estimate - truth) <= abs(promql - truth) + 1e-9 * (1 + abs(truth))
+
+
+def test_a_wide_first_bucket_no_longer_reads_as_half_of_it() -> None:
+    # 1,000 queue times of ~0.02 ms (what the issue saw on vLLM): all in (0, 0.3 s]; PromQL interpolates
+    # the median to 0.3 / 2 = 150 ms. The median sits between the 500th and the 501st smallest (numpy
+    # interpolates between them); the sum, 1,000 x 2e-5 = 0.02 s, allows the 501st at most 0.02 / 500 = 40 us
+    # (the 500 values from it on are at least it, the others at least 0).
+    values = [2e-5] * 1000
+    h = _histogram(values, VLLM_QUEUE_BOUNDS)
+    assert histogram_quantile(0.5, h.bounds, h.cumulative_counts) == pytest.approx(0.15)
+    low, high = quantile_bounds(0.5, h) or (math.nan, math.nan)
+    assert low == 0.0 and high == pytest.approx(0.02 / 500)
+    bounded = bounded_quantiles([0.5, 0.99], h)
+    assert bounded[0.5] == pytest.approx(0.02 / 500)
+    # p99: between the 990th (nearest rank) and the 991st (numpy: 0.99 x 999 + 1 = 990.01); the 991st is at
+    # most 0.02 / 10 = 2 ms, against PromQL's 0.99 x 0.3 = 297 ms
+    assert bounded[0.99] == pytest.approx(0.02 / 10)
+
+
+def test_where_the_bounds_do_not_bite_the_value_is_promqls_to_the_bit() -> None:
+    # spread over many buckets, mean near the middle: interpolation stays inside every bound
+    values = [0.05 * i for i in range(1, 200)]
+    h = _histogram(values, [0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, INF])
+    for q in (0.5, 0.9, 0.95, 0.99):
+        assert bounded_quantiles([q], h)[q] == histogram_quantile(q, h.bounds, h.cumulative_counts)
+
+
+def test_the_lower_bound_lifts_an_underestimate() -> None:
+    # 10 values of 0.299 s in (0, 0.3]: interpolation reads p50 as 0.15 s, but the sum 2.99 s leaves the
+    # 5 smallest (at most the median each) and 5 others (at most 0.3 each) 2.99 - 5 x 0.3 = 1.49 s: the
+    # median is at least 1.49 / 5 = 0.298 s.
+    h = _histogram([0.299] * 10, [0.3, 1.0, INF])
+    low, _ = quantile_bounds(0.5, h) or (math.nan, math.nan)
+    assert low == pytest.approx(0.298)
+    assert bounded_quantiles([0.5], h)[0.5] == pytest.approx(0.298)
+
+
+def test_no_bound_from_an_inconsistent_or_empty_histogram() -> None:
+    assert quantile_bounds(0.5, Histogram((1.0, INF), (0.0, 0.0), 0.0, 0.0)) is None
+    # a sum far above what the buckets allow (a broken engine): no bound, PromQL's value stays
+    broken = Histogram((1.0, 2.0, INF), (5.0, 10.0, 10.0), 500.0, 10.0)
+    assert quantile_bounds(0.5, broken) is None
+    assert bounded_quantiles([0.5], broken)[0.5] == histogram_quantile(0.5, broken.bounds, broken.cumulative_counts)

@@ -9,13 +9,14 @@ and ``Equal`` in ``util/almost/almost.go``), so a value infermeter exports equal
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Sequence
 
 from exporter.samples import Histogram
 
-__all__ = ["histogram_quantile", "quantiles"]
+__all__ = ["bounded_quantiles", "histogram_quantile", "quantile_bounds", "quantiles", "rank_span"]
 
 # promql/quantile.go ``smallDeltaTolerance``: relative differences between neighbouring
 # cumulative counts below this are float noise and are flattened (in either direction).
@@ -178,4 +179,81 @@ def quantiles(qs: Sequence[float], h: Histogram) -> dict[float, float]:
         value = histogram_quantile(q, h.bounds, h.cumulative_counts)
         if not math.isnan(value):
             out[q] = value
+    return out
+
+
+# --- quantiles held to the bounds the data implies (docs/accuracy.md, "The estimator") ----------------
+
+
+def rank_span(q: float, observations: int) -> tuple[int, int]:
+    """The 1-based order statistics a q-quantile of ``observations`` values can sit between, under every
+    usual definition: nearest rank ``ceil(q n)`` and the linear interpolation of numpy, pandas and
+    vLLM's own benchmark (between ``floor(q (n-1)) + 1`` and ``ceil(q (n-1)) + 1``)."""
+    n = observations
+    nearest = max(math.ceil(q * n - 1e-9), 1)
+    low, high = math.floor(q * (n - 1) + 1e-9) + 1, math.ceil(q * (n - 1) - 1e-9) + 1
+    return max(min(nearest, low), 1), min(max(nearest, high), n)
+
+
+def quantile_bounds(q: float, h: Histogram) -> tuple[float, float] | None:
+    """The interval the q-quantile of the observations behind ``h`` must lie in, for non-negative values
+    (latencies): each observation lies in its bucket, and together they add up to ``h.sum``.
+
+    With ``n_j`` observations in bucket j = (lo_j, hi_j] (lo_0 = 0), and the quantile the r-th smallest
+    observation X_(r), r in :func:`rank_span`, in bucket i:
+
+    * from above: the C_i - r + 1 observations of bucket i from rank r on are at least X_(r), the others
+      at least their bucket's lower bound, so
+      ``X_(r) <= (sum - sum_{j != i} n_j lo_j - (r - 1 - C_{i-1}) lo_i) / (C_i - r + 1)``, and X_(r) <= hi_i;
+    * from below: the r - C_{i-1} observations of bucket i up to rank r are at most X_(r), the others at
+      most their bucket's upper bound, so
+      ``X_(r) >= (sum - sum_{j != i} n_j hi_j - (C_i - r) hi_i) / (r - C_{i-1})`` (useless when an
+      observation is in the +Inf bucket), and X_(r) >= lo_i.
+
+    The first bound is what makes a wide first bucket honest: vLLM's queue time puts nearly every
+    request in (0, 0.3 s], where interpolation reads the median as 150 ms while a mean of 0.02 ms allows
+    at most about 0.04 ms. None when the histogram is empty, not integral or inconsistent.
+    """
+    bounds, cumulative = list(h.bounds), [float(c) for c in h.cumulative_counts]
+    if not bounds or bounds[-1] != math.inf or bounds[0] < 0 or not 0 <= q <= 1:
+        return None
+    total = cumulative[-1]
+    if total < 1 or any(abs(c - round(c)) > 1e-6 for c in cumulative) or not math.isfinite(h.sum) or h.sum < 0:
+        return None
+    counts = [round(c) for c in cumulative]
+    if any(b < a for a, b in itertools.pairwise(counts)):
+        return None
+    lows = [0.0, *bounds[:-1]]
+    per_bucket = [counts[0], *(b - a for a, b in itertools.pairwise(counts))]
+    least = sum(n * lo for n, lo in zip(per_bucket, lows, strict=True))  # every observation at its lower bound
+    most = sum(n * hi for n, hi in zip(per_bucket, bounds, strict=True) if n)  # ... at its upper (inf: +Inf)
+    first, last = rank_span(q, counts[-1])
+
+    def bucket(rank: int) -> int:
+        return next(i for i, c in enumerate(counts) if c >= rank)
+
+    i = bucket(last)
+    below_i = counts[i - 1] if i else 0
+    above = (h.sum - (least - per_bucket[i] * lows[i]) - (last - 1 - below_i) * lows[i]) / (counts[i] - last + 1)
+    upper = min(bounds[i], above)
+    i = bucket(first)
+    below_i = counts[i - 1] if i else 0
+    lower = lows[i]
+    if math.isfinite(most):
+        lower = max(lower, (h.sum - (most - per_bucket[i] * bounds[i]) - (counts[i] - first) * bounds[i])
+                    / (first - below_i))
+    if lower > upper * (1 + 1e-9) + 1e-12:
+        return None  # the sum contradicts the buckets (float noise or a broken engine): no bound
+    return lower, max(upper, lower)
+
+
+def bounded_quantiles(qs: Sequence[float], h: Histogram) -> dict[float, float]:
+    """:func:`quantiles`, each held to :func:`quantile_bounds`: exactly PromQL's value where the bounds do
+    not bite, else the nearest bound, which is never further from the true quantile (it lies in the
+    bounds, and clamping to an interval that holds a point never moves away from that point)."""
+    out = quantiles(qs, h)
+    for q, value in out.items():
+        interval = quantile_bounds(q, h)
+        if interval is not None and math.isfinite(value):
+            out[q] = min(max(value, interval[0]), interval[1])
     return out
