@@ -407,7 +407,25 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
                           or "auto")
     extra: dict[str, Any] = {"gpus": [g.name for g in gpus], "config_file": args.config,
                              "observed": observed.describe() if observed else None}
+    if observed is not None:
+        own = own_gpu_model(result, observed)
+        if own is not None:
+            notes.append(own)
     return result, extra, notes
+
+
+def own_gpu_model(result: planner.Plan, observed: Observed) -> str | None:
+    """The line that says what this plan gives for the engine's own GPU model: the same as the exporter's
+    infermeter_rightsizing_gpus_needed, since the plan replays the exporter's planner inputs."""
+    seen = set(observed.engine.gpus)
+    if len(seen) != 1:
+        return None
+    (name,) = seen
+    best = next((c for c in result.candidates if c.gpu == name and c.feasible), None)  # ranked: first is best
+    if best is None:
+        return f"the engine's GPU model, {name}: no shape serves this load within the targets"
+    return (f"the engine's GPU model, {name}: {best.gpus} GPU(s) at tensor parallel {best.tensor_parallel} "
+            f"(it has {len(observed.engine.gpus)}; the exporter's infermeter_rightsizing_gpus_needed)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from exporter.catalog import markdown_table
 from exporter.config import markdown_reference
 from exporter.sources.engines import markdown_mapping
 from tools.engine_support import markdown_support
+from tools.verdict_table import corpus_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -31,6 +32,11 @@ def test_cli_reference_is_generated_from_the_settings() -> None:
 
 def test_engine_mapping_in_docs_is_generated_from_the_adapters() -> None:
     assert _block("mapping", ROOT / "docs" / "engines.md") == markdown_mapping(), \
+        "run: python3 tools/update_docs.py"
+
+
+def test_verdict_table_is_generated_from_the_real_vllm_corpus() -> None:
+    assert _block("verdict-table", ROOT / "docs" / "analytic-model.md") == corpus_table(), \
         "run: python3 tools/update_docs.py"
 
 

@@ -17,12 +17,14 @@ from exporter.catalog import markdown_table  # noqa: E402
 from exporter.config import markdown_reference  # noqa: E402
 from exporter.sources.engines import markdown_mapping  # noqa: E402
 from tools.engine_support import markdown_support  # noqa: E402
+from tools.verdict_table import corpus_table  # noqa: E402
 
 BLOCKS: tuple[tuple[str, str, Callable[[], str]], ...] = (
     ("README.md", "cli", markdown_reference),
     ("README.md", "metrics", markdown_table),
     ("README.md", "engines", markdown_support),
     ("docs/engines.md", "mapping", markdown_mapping),
+    ("docs/analytic-model.md", "verdict-table", corpus_table),
 )
 
 
