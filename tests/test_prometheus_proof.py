@@ -7,7 +7,8 @@ simulate`: three vLLM scenarios, TGI, Triton and SGLang) on fake H100s, and the 
 query must return data, every dashboard query that selects engines must answer for each engine kind
 (but for what the kind cannot provide, listed in ABSENT_BY_KIND), the matching alert must fire for
 `overprovisioned` and `memory-bound` (the latter quoting its preemptions and KV-full share), and no
-right-sizing alert for `balanced`.
+right-sizing alert for `balanced`. Two recorded real vLLM runs (tests/fixtures/corpus), replayed, must fire
+the memory-bound and the engine-limited alerts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import requests
 import yaml
 
 from tests.fakes.nvml_specs import h100_node
+from tests.fakes.replay import CORPUS, ReplayEngine, Scenario
 from tests.process import ROOT, ExporterProcess, free_port, stop_process, wait_for
 from tests.prometheus_server import prometheus_binary
 
@@ -35,6 +37,11 @@ ALERTS = ROOT / "alerts"
 ENGINES = {"balanced": ("vllm", "balanced", 1), "overprovisioned": ("vllm", "overprovisioned", 4),
            "memory-bound": ("vllm", "memory-bound", 1), "tgi": ("tgi", "balanced", 1),
            "triton": ("triton", "balanced", 1), "sglang": ("sglang", "balanced", 1)}
+# Real vLLM recordings (tests/fixtures/corpus), replayed one capture per exporter read: engine name ->
+# (scenario, NVML utilisation while loaded). Prometheus scrapes only their exporters (a scrape of the replay
+# itself would move it on).
+REPLAYS = {"real-kv-starved": ("kv-starved", 0.95), "real-concurrency-capped": ("concurrency-capped", 0.03)}
+TINY_CONFIG = CORPUS / "tinyllama-config.json"
 # One engine of each kind, whose dashboard coverage is checked engine by engine.
 PER_KIND = ("balanced", "tgi", "triton", "sglang")
 RIGHT_SIZING_ALERTS = {"InfermeterDeploymentOverProvisioned", "InfermeterDeploymentMemoryBound",
@@ -144,8 +151,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("proof")
     processes: list[subprocess.Popen[bytes]] = []
     exporters: dict[str, ExporterProcess] = {}
+    replays: list[ReplayEngine] = []
     jobs = []
     try:
+        for name, (scenario_name, utilization) in REPLAYS.items():
+            replay = ReplayEngine(Scenario.load(CORPUS / scenario_name)).start()
+            replays.append(replay)
+            nvml = h100_node(1)
+            nvml["gpus"][0]["utilization_gpu"] = round(utilization * 100)
+            exporter = ExporterProcess(
+                ["--interval", "1", "--window", "60", "--engine", f"{name}={replay.url}",
+                 "--model-config", f"{name}={TINY_CONFIG}", "--gpu-hourly-cost", "3"], tmp, nvml_spec=nvml)
+            exporters[name] = exporter
+            jobs.append({"job_name": f"infermeter-{name}",
+                         "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]})
         for name, (kind, scenario, gpus) in ENGINES.items():
             port = free_port()
             processes.append(_simulator(kind, scenario, port, gpus, tmp / f"sim-{name}.log"))
@@ -184,7 +203,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         def all_engines_up() -> bool:
             try:
-                return len(_query(url, "infermeter_engine_up == 1")) == len(ENGINES)
+                return len(_query(url, "infermeter_engine_up == 1")) == len(ENGINES) + len(REPLAYS)
             except (requests.RequestException, ValueError, AssertionError):
                 return False
 
@@ -198,6 +217,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             process.terminate()  # all at once, then wait for each
         for process in processes:
             stop_process(process, timeout=10)
+        for replay in replays:
+            replay.stop()
 
 
 def _records() -> list[str]:
@@ -293,6 +314,23 @@ def _alerts(url: str) -> list[dict[str, Any]]:
 def _firing(url: str, name: str, engine: str) -> dict[str, Any] | None:
     return next((a for a in _alerts(url) if a["labels"].get("alertname") == name
                  and a["labels"].get("engine") == engine and a["state"] == "firing"), None)
+
+
+def test_real_vllm_recordings_fire_their_alerts(stack: Stack) -> None:
+    """The recorded real vLLM runs (tests/fixtures/corpus): the KV-starved one fires the memory-bound alert,
+    quoting its preemptions; the concurrency-capped one (--max-num-seqs 2) fires the engine-limited alert,
+    naming vLLM's flags. Each replay begins with ~20-25 idle captures, then its evidence holds 15 s before
+    the state is taken, then the shortened `for:` passes."""
+    wait_for(lambda: _firing(stack.url, "InfermeterDeploymentMemoryBound", "real-kv-starved") is not None,
+             timeout=120, interval=1)
+    memory = _firing(stack.url, "InfermeterDeploymentMemoryBound", "real-kv-starved")
+    assert memory is not None
+    assert re.search(r"\d+\.\d\d preemptions/s", memory["annotations"]["description"]), memory["annotations"]
+    wait_for(lambda: _firing(stack.url, "InfermeterDeploymentEngineLimited", "real-concurrency-capped") is not None,
+             timeout=120, interval=1)
+    limited = _firing(stack.url, "InfermeterDeploymentEngineLimited", "real-concurrency-capped")
+    assert limited is not None and "--max-num-seqs" in limited["annotations"]["description"], limited["annotations"]
+    assert not _firing(stack.url, "InfermeterDeploymentMemoryBound", "real-concurrency-capped")
 
 
 def test_right_sizing_alerts_match_the_scenarios(stack: Stack) -> None:
