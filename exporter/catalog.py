@@ -51,8 +51,9 @@ def _self(name: str, type_: MetricType, unit: str, help_: str, labels: tuple[str
 
 WINDOW_NOTE = "over the last {window} (--window)"
 LATENCY_NOTE = ("Quantiles from the engine histogram's bucket increase " + WINDOW_NOTE
-                + ", interpolated as PromQL histogram_quantile; _count and _sum are the engine's cumulative "
-                  "values.")
+                + ": PromQL's histogram_quantile, held to the bounds the window's buckets and sum imply "
+                  "(infermeter_latency_quantile_bound_seconds; docs/accuracy.md); _count and _sum are the "
+                  "engine's cumulative values, so rate(_sum)/rate(_count) is the mean.")
 
 CATALOG: tuple[MetricSpec, ...] = (
     # --- GPUs, read through NVML ---
@@ -98,6 +99,11 @@ CATALOG: tuple[MetricSpec, ...] = (
             "End-to-end request latency in the engine. " + LATENCY_NOTE),
     _engine("queue_time_seconds", "summary", "seconds",
             "Time requests waited in the engine's queue. " + LATENCY_NOTE),
+    _engine("latency_quantile_bound_seconds", "gauge", "seconds",
+            "The interval each exported latency quantile is known to lie in, from the window's buckets and sum "
+            "(q: the quantile; bound=lower|upper; histogram names the latency, e.g. time_to_first_token): a "
+            "quantile whose lower bound is 0 and upper bound a bucket bound is only known to be at most that.",
+            (*ENGINE_LABELS, "histogram", "q", "bound")),
     _engine("prompt_tokens_per_second", "gauge", "tokens per second",
             "Prompt (prefill) tokens processed per second " + WINDOW_NOTE + "."),
     _engine("generation_tokens_per_second", "gauge", "tokens per second",

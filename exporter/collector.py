@@ -100,6 +100,10 @@ def engine_points(snapshot: Snapshot) -> Iterator[Point]:
                 continue
             for q, value in summary.quantiles.items():
                 yield Point(family, {**labels, "quantile": f"{q:g}"}, value)
+            for q, (lower, upper) in summary.bounds.items():
+                bound_labels = {**labels, "histogram": histogram, "q": f"{q:g}"}  # "quantile" is for summaries
+                yield Point("infermeter_latency_quantile_bound_seconds", {**bound_labels, "bound": "lower"}, lower)
+                yield Point("infermeter_latency_quantile_bound_seconds", {**bound_labels, "bound": "upper"}, upper)
             yield Point(family, labels, summary.count, "_count")
             yield Point(family, labels, summary.sum, "_sum")
         for name, value in stats.rates.items():

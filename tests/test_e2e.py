@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from exporter.derive.quantiles import quantile_bounds
+from exporter.samples import Histogram
 from tests.fakes.engine import FakeEngine, FakeEngineServer
 from tests.fakes.nvml_specs import h100_node, missing_library
 from tests.process import ExporterProcess, Samples, value, wait_for
@@ -104,13 +106,22 @@ def test_vllm_tgi_and_gpus_end_to_end(tmp_path: Path, vllm_engine: tuple[FakeEng
         elapsed = time.monotonic() - started
         llama = {"engine": "llama", "kind": "vllm", "model": "tinyllama"}
 
-        # windowed quantiles: the observations bucketed with the engine's own bounds, then PromQL's interpolation
+        # windowed quantiles: the observations bucketed with the engine's own bounds, PromQL's interpolation,
+        # held to the interval the buckets and the sum allow (exported beside it)
         bounds = ttft_bounds(vllm)
         cumulative = [float(sum(1 for o in TTFT_OBSERVATIONS if o <= b)) for b in bounds]
+        count = float(len(TTFT_OBSERVATIONS))
+        window = Histogram(tuple(bounds), tuple(cumulative), math.fsum(TTFT_OBSERVATIONS), count)
         for q in (0.5, 0.9, 0.95, 0.99):
-            expected = reference_quantile(q, bounds, cumulative)
+            interval = quantile_bounds(q, window)
+            assert interval is not None
+            expected = min(max(reference_quantile(q, bounds, cumulative), interval[0]), interval[1])
             got = value(samples, "infermeter_time_to_first_token_seconds", quantile=f"{q:g}", **llama)
             assert got == pytest.approx(expected), q
+            for bound, known in zip(("lower", "upper"), interval, strict=True):
+                exported = value(samples, "infermeter_latency_quantile_bound_seconds", histogram="time_to_first_token",
+                                 q=f"{q:g}", bound=bound, **llama)
+                assert exported == pytest.approx(known), (q, bound)
             raw = sorted(TTFT_OBSERVATIONS)[max(math.ceil(q * len(TTFT_OBSERVATIONS)) - 1, 0)]
             upper = min(b for b in bounds if b >= raw)
             lower = max([b for b in bounds if b < raw], default=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exporter.derive.quantiles import quantiles
+from exporter.derive.quantiles import bounded_quantiles, quantile_bounds
 from exporter.derive.rates import counter_increase, counter_rate, histogram_increase
 from exporter.samples import EngineSample
 
@@ -28,6 +28,8 @@ class LatencySummary:
     # the mean of the observations that happened in the window (None when none did), and how many there were
     window_mean: float | None = None
     window_count: float = 0.0
+    # q -> (lower, upper): the interval the window's quantile is known to lie in (quantile_bounds)
+    bounds: Mapping[float, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,12 @@ def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> Engine
         window = [s.histograms[name] for s in samples if name in s.histograms]
         delta = histogram_increase(window)
         mean = delta.sum / delta.count if delta is not None and delta.count > 0 else None
-        latency[name] = LatencySummary(quantiles(qs, delta) if delta is not None else {},
-                                       current.count, current.sum, mean, delta.count if delta is not None else 0.0)
+        if delta is None:
+            latency[name] = LatencySummary({}, current.count, current.sum)
+            continue
+        known = {q: interval for q in qs if (interval := quantile_bounds(q, delta)) is not None}
+        latency[name] = LatencySummary(bounded_quantiles(qs, delta), current.count, current.sum, mean, delta.count,
+                                       known)
     counter_rates: dict[str, float] = {}
     for counter in latest.counters:
         rate = counter_rate(*_counter_series(samples, counter))
