@@ -50,6 +50,9 @@ def _self(name: str, type_: MetricType, unit: str, help_: str, labels: tuple[str
 
 
 WINDOW_NOTE = "over the last {window} (--window)"
+RATE_NOTE = (WINDOW_NOTE + ": the counter's increase over the window divided by its length, time the engine "
+             "could not be read counting as time without work (PromQL's rate over the same range, without its "
+             "extrapolation); since the exporter began watching the engine, if that is shorter")
 LATENCY_NOTE = ("Quantiles from the engine histogram's bucket increase " + WINDOW_NOTE
                 + ": PromQL's histogram_quantile, held to the bounds the window's buckets and sum imply "
                   "(infermeter_latency_quantile_bound_seconds; docs/accuracy.md); _count and _sum are the "
@@ -105,13 +108,13 @@ CATALOG: tuple[MetricSpec, ...] = (
             "quantile whose lower bound is 0 and upper bound a bucket bound is only known to be at most that.",
             (*ENGINE_LABELS, "histogram", "q", "bound")),
     _engine("prompt_tokens_per_second", "gauge", "tokens per second",
-            "Prompt (prefill) tokens processed per second " + WINDOW_NOTE + "."),
+            "Prompt (prefill) tokens processed per second " + RATE_NOTE + "."),
     _engine("generation_tokens_per_second", "gauge", "tokens per second",
-            "Generated (decode) tokens per second " + WINDOW_NOTE + "."),
+            "Generated (decode) tokens per second " + RATE_NOTE + "."),
     _engine("requests_per_second", "gauge", "requests per second",
-            "Requests finished per second " + WINDOW_NOTE + "."),
+            "Requests finished per second " + RATE_NOTE + "."),
     _engine("preemptions_per_second", "gauge", "preemptions per second",
-            "Requests preempted per second " + WINDOW_NOTE + " (KV cache pressure)."),
+            "Requests preempted per second " + RATE_NOTE + " (KV cache pressure)."),
     _engine("prefix_cache_hit_ratio", "gauge", "ratio",
             "Prefix cache hits per query token " + WINDOW_NOTE + "."),
     _engine("spec_decode_acceptance_ratio", "gauge", "ratio",

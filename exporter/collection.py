@@ -7,6 +7,7 @@ counts as failed until it returns, and never delays the others.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -34,6 +35,14 @@ from exporter.sources.engine import EngineReading, EngineSource
 log = logging.getLogger(__name__)
 
 NVML = "nvml"
+# a cycle waits for its reads at most this share of the interval (the rest builds and serves the snapshot)
+CYCLE_WAIT_SHARE = 0.8
+# a read counts as hung this long after its own deadline (--timeout), which the sources enforce themselves
+DEADLINE_SLACK_SECONDS = 0.5
+# after a failed read the engine's series that come from its window (rates, quantiles and what derives from
+# them) stay as they were for this many failed reads in a row, so that one missed read leaves no gap on a
+# dashboard; infermeter_engine_up turns 0 at once and the engine's latest gauges are not repeated
+STALE_READS = 3
 
 
 def engine_collector(name: str) -> str:
@@ -111,6 +120,10 @@ class Collection:
         self._engines = list(engines)
         self._clock = clock
         self._in_flight: dict[str, Future[_Outcome]] = {}
+        self._read_started: dict[str, float] = {}  # source -> when its newest read began (monotonic)
+        self._views: dict[str, EngineView] = {}  # engine -> the last view built from a read of it
+        self._failed_reads: dict[str, int] = {}  # engine -> failed reads in a row
+        self._last_nvml: NvmlReading | None = None
         self._windows = {e.target.name: SampleWindow(config.window) for e in self._engines}
         self._identity = {e.target.name: _Identity() for e in self._engines}
         self._errors: dict[str, int] = {}
@@ -142,36 +155,60 @@ class Collection:
         return sources
 
     def run_once(self) -> Snapshot:
-        """Read all sources, derive, and swap in a new snapshot (also returned)."""
+        """Read all sources, derive, and swap in a new snapshot (also returned).
+
+        A cycle waits for its reads at most CYCLE_WAIT_SHARE of the interval (and never past --timeout). A
+        read still running then is *pending*: its source keeps what it showed last and the read's answer is
+        used by the first cycle that finds it done, as long as it comes within --timeout (a busy engine is
+        not a down one). Only a read past --timeout, or one that fails, counts as failed.
+        """
         with self._lock:  # the scheduler never overlaps runs; this guards direct callers
             started = time.monotonic()
-            deadline = started + self.config.timeout + 0.2
             sources = self._sources()
-            futures = {name: self._start(name, read) for name, read in sources.items()}
-            wait([f for f in futures.values() if f is not None], timeout=max(deadline - time.monotonic(), 0.0))
+            late: dict[str, _Outcome] = {}
+            fresh: list[Future[_Outcome]] = []
+            for name, read in sources.items():
+                previous = self._in_flight.get(name)
+                if previous is not None and not previous.done():
+                    continue  # still running: pending, or hung past its deadline (below)
+                if previous is not None:  # finished after the cycle that started it stopped waiting
+                    late[name] = previous.result()
+                fresh.append(self._start(name, read, started))
+            wait(fresh, timeout=max(started + self.cycle_wait - time.monotonic(), 0.0))
             results: dict[str, object] = {}
             statuses: dict[str, CollectorStatus] = {}
-            for name, future in futures.items():
-                duration = time.monotonic() - started
-                if future is None:
-                    error: str | None = "still busy with the previous collection (hung source)"
-                elif not future.done():
-                    error = f"no answer within {self.config.timeout:g}s (--timeout)"
+            pending: set[str] = set()
+            for name in sources:
+                future = self._in_flight[name]
+                outcome = future.result() if future.done() else late.get(name)
+                if outcome is None:
+                    running = time.monotonic() - self._read_started[name]
+                    if running <= self.config.timeout + DEADLINE_SLACK_SECONDS:
+                        pending.add(name)
+                        statuses[name] = CollectorStatus(self._ok.get(name) is not False, running,
+                                                         self._errors.get(name, 0))
+                        continue
+                    error: str | None = (f"no answer within {self.config.timeout:g}s (--timeout); the read is "
+                                         "still running (a hung source)")
+                    duration = running
                 else:
-                    outcome = future.result()
                     error, duration = outcome.error, outcome.seconds
                     if error is None:
                         results[name] = outcome.value
                 statuses[name] = self._record(name, error, duration)
             # only reads still running are remembered: a finished one's outcome is not kept past its cycle
             self._in_flight = {name: f for name, f in self._in_flight.items() if not f.done()}
-            self.snapshot = self._build(results, statuses)
+            self.snapshot = self._build(results, statuses, pending)
             return self.snapshot
 
-    def _start(self, name: str, read: Callable[[], object]) -> Future[_Outcome] | None:
-        """A new read of ``name``, or None while its previous read is still running (a hung source)."""
-        if name in self._in_flight and not self._in_flight[name].done():
-            return None
+    @property
+    def cycle_wait(self) -> float:
+        """How long a cycle waits for its reads: never past --timeout, and leaving time for the rest."""
+        return min(self.config.timeout, CYCLE_WAIT_SHARE * self.config.interval)
+
+    def _start(self, name: str, read: Callable[[], object], now: float) -> Future[_Outcome]:
+        """A new read of ``name``, remembered until it ends."""
+        self._read_started[name] = now
         future = self._in_flight[name] = _spawn(name, read)
         return future
 
@@ -182,7 +219,8 @@ class Collection:
             self._errors[name] = self._errors.get(name, 0) + 1
             if was_ok is not False:
                 consequence = ("GPU metrics absent" if name == NVML
-                               else "infermeter_engine_up 0, its derived metrics absent")
+                               else f"infermeter_engine_up 0; its windowed series kept for {STALE_READS} failed "
+                                    "reads, then absent")
                 log.warning("%s: %s (%s; retrying every %gs, recovery will be logged)", label, error,
                             consequence, self.config.interval)
             else:
@@ -194,10 +232,12 @@ class Collection:
         self._ok[name] = error is None
         return CollectorStatus(error is None, duration, self._errors.get(name, 0))
 
-    def _build(self, results: Mapping[str, object], statuses: Mapping[str, CollectorStatus]) -> Snapshot:
+    def _build(self, results: Mapping[str, object], statuses: Mapping[str, CollectorStatus],
+               pending: frozenset[str] | set[str] = frozenset()) -> Snapshot:
         now = self._clock()
         nvml = results.get(NVML)
-        reading = nvml if isinstance(nvml, NvmlReading) else None
+        reading = nvml if isinstance(nvml, NvmlReading) else (self._last_nvml if NVML in pending else None)
+        self._last_nvml = reading
         gpus = {g.index: g for g in reading.gpus} if reading else {}
         if reading is not None:
             self._note_failed_gpus(frozenset(reading.failed_gpus))
@@ -207,44 +247,38 @@ class Collection:
         self._last_price.update((gpus[i].uuid, price) for i, price in prices.items())
         owned = self._assignment.owned({g.index: g.uuid for g in gpus.values()},
                                        reading.failed_gpus if reading is not None else ())
-        names = [e.target.name for e in self._engines]
         views = []
-        for name in names:
-            result = results.get(engine_collector(name))
-            identity = self._identity[name]
+        for engine in self._engines:
+            name = engine.target.name
             engine_gpus = tuple(by_uuid[uuid] for uuid in owned[name] if uuid in by_uuid)
             # an engine keeps paying for a GPU it owns that cannot be read now, at that GPU's last price
             owned_prices = [self._last_price.get(uuid) for uuid in owned[name]]
             memory = _process_memory(engine_gpus)
-            stats = analysis = engine_costs = advice = sizing = None
+            result = results.get(engine_collector(name))
+            last = self._views.get(name)
             if isinstance(result, EngineReading):
-                self._windows[name].add(result.sample)
-                self._note_gpu_busy(name, result.sample.timestamp, engine_gpus)
-                identity.kind = result.sample.kind
-                identity.model = result.identity.model or result.sample.model_label or identity.model
-                identity.version = result.identity.version or ""
-                try:
-                    stats = engine_stats(self._windows[name].samples(), QUANTILES)
-                    analysed = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
-                    analysis = analysed[0] if analysed is not None else None
-                    engine_costs = _costs(stats, engine_gpus, owned_prices, analysis)
-                    if analysed is not None:
-                        analysis, deployment = analysed
-                        first = engine_gpus[0].index  # analysis implies a known GPU spec
-                        current = engine_costs.per_hour if engine_costs is not None else None
-                        inputs, own, advice = self._planner.advise(
-                            stats, analysis, result.sample.config, specs[first], prices.get(first),
-                            deployment.replica_gpus, current)
-                        sizing = self._rightsize(name, stats, analysis, deployment, inputs, own, current, now)
-                except Exception:  # a derivation bug must cost this engine's series, not the snapshot
-                    log.exception("engine %s: deriving windowed statistics failed", name)
-                    self._windows[name].clear()
-                    stats = analysis = engine_costs = advice = sizing = None
-            views.append(EngineView(
-                name=name, up=stats is not None, kind=identity.kind, model=identity.model,
-                version=identity.version, stats=stats, gpus=engine_gpus, gpu_memory_used_bytes=memory,
-                analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now),
-                whatif=advice, rightsizing=sizing))
+                view = self._derive(name, result, engine_gpus, owned_prices, specs, prices, memory, now)
+                self._failed_reads[name] = 0
+                if view.up:
+                    self._views[name] = view
+            elif engine_collector(name) in pending and last is not None:
+                # a read still within its deadline: the engine shows what it showed last, still up
+                view = dataclasses.replace(last, gpus=engine_gpus, gpu_memory_used_bytes=memory,
+                                           cost_dollars_total=self._spend(name, last.costs, now))
+            else:
+                failed = self._failed_reads[name] = (self._failed_reads.get(name, 0)
+                                                     + (engine_collector(name) not in pending))
+                identity = self._identity[name]
+                view = EngineView(name=name, up=False, kind=identity.kind, model=identity.model,
+                                  version=identity.version, gpus=engine_gpus, gpu_memory_used_bytes=memory,
+                                  cost_dollars_total=self._spend(name, None, now))
+                if last is not None and last.stats is not None and 0 < failed <= STALE_READS:
+                    # one missed read leaves no gap in what comes from the window (rates, quantiles and what
+                    # derives from them); the engine's latest gauges are not repeated (they are not known now)
+                    view = dataclasses.replace(last, up=False, gpus=engine_gpus, gpu_memory_used_bytes=memory,
+                                               stats=dataclasses.replace(last.stats, gauges={}),
+                                               cost_dollars_total=view.cost_dollars_total)
+            views.append(view)
         return Snapshot(timestamp=now, window_seconds=self.config.window, nvml=reading,
                         engines=tuple(views), collectors=dict(statuses), gpu_specs=specs, gpu_prices=prices,
                         slo_ttft_seconds=self.config.slo_ttft_seconds, slo_tpot_seconds=self.config.slo_tpot_seconds,
@@ -252,6 +286,41 @@ class Collection:
                         whatif_savings_threshold_ratio=(self.config.whatif_savings_threshold_ratio
                                                         if self.config.whatif else None),
                         demo_engines=self.config.demo_engines or {})
+
+    def _derive(self, name: str, result: EngineReading, engine_gpus: tuple[GpuSample, ...],
+                owned_prices: Sequence[float | None], specs: Mapping[int, GpuSpec], prices: Mapping[int, float],
+                memory: float | None, now: float) -> EngineView:
+        """The engine's view from a fresh read: its window, statistics, analysis, costs and right-sizing."""
+        identity = self._identity[name]
+        stats = analysis = engine_costs = advice = sizing = None
+        self._windows[name].add(result.sample)
+        self._note_gpu_busy(name, result.sample.timestamp, engine_gpus)
+        identity.kind = result.sample.kind
+        identity.model = result.identity.model or result.sample.model_label or identity.model
+        identity.version = result.identity.version or ""
+        try:
+            window = self._windows[name]
+            stats = engine_stats(window.samples(), QUANTILES, window.watched_since(result.sample.timestamp))
+            analysed = self._analyse(name, result, stats, engine_gpus, specs, prices, memory)
+            analysis = analysed[0] if analysed is not None else None
+            engine_costs = _costs(stats, engine_gpus, owned_prices, analysis)
+            if analysed is not None:
+                analysis, deployment = analysed
+                first = engine_gpus[0].index  # analysis implies a known GPU spec
+                current = engine_costs.per_hour if engine_costs is not None else None
+                inputs, own, advice = self._planner.advise(
+                    stats, analysis, result.sample.config, specs[first], prices.get(first),
+                    deployment.replica_gpus, current)
+                sizing = self._rightsize(name, stats, analysis, deployment, inputs, own, current, now)
+        except Exception:  # a derivation bug must cost this engine's series, not the snapshot
+            log.exception("engine %s: deriving windowed statistics failed", name)
+            self._windows[name].clear()
+            stats = analysis = engine_costs = advice = sizing = None
+        return EngineView(
+            name=name, up=stats is not None, kind=identity.kind, model=identity.model,
+            version=identity.version, stats=stats, gpus=engine_gpus, gpu_memory_used_bytes=memory,
+            analysis=analysis, costs=engine_costs, cost_dollars_total=self._spend(name, engine_costs, now),
+            whatif=advice, rightsizing=sizing)
 
     def _analyse(self, name: str, reading: EngineReading, stats: EngineStats, gpus: Sequence[GpuSample],
                  specs: Mapping[int, GpuSpec], prices: Mapping[int, float],

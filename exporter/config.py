@@ -50,7 +50,7 @@ class Config:
     listen_port: int = DEFAULT_PORT
     interval: float = 5.0
     window: float = 300.0
-    timeout: float = 4.0
+    timeout: float = 10.0
     max_body_bytes: int = 16 * 1024 * 1024
     nvml: bool = True
     log_level: str = "info"
@@ -309,8 +309,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen", "Address to serve /metrics on.", _listen, f"0.0.0.0:{DEFAULT_PORT}", "HOST:PORT"),
     Setting("interval", "Collection period in seconds.", _positive_seconds, 5.0, "SECONDS"),
     Setting("window", "Sliding window in seconds for rates and quantiles.", _positive_seconds, 300.0, "SECONDS"),
-    Setting("timeout", "Deadline in seconds for reading one source (engine or NVML); must be shorter than "
-            "--interval. Default: 0.8 x interval, at most 10.", _positive_seconds, None, "SECONDS"),
+    Setting("timeout", "Deadline in seconds for reading one source (engine or NVML), as Prometheus' default "
+            "scrape timeout; may exceed --interval: a read still running when a cycle ends is pending (the "
+            "source shows what it showed last) until it answers or the deadline passes.", _positive_seconds, 10.0,
+            "SECONDS"),
     Setting("max-body-bytes", "Largest engine response read; longer bodies count as an error.",
             _positive_int, 16 * 1024 * 1024, "BYTES"),
     Setting("collector.nvml", "Read GPUs through NVML; --no-collector.nvml turns it off (e.g. beside "
@@ -535,12 +537,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         raise ConfigError(f"--window ({raw['window'][1]}): {window:g}s at --interval {interval:g}s keeps "
                           f"{window / interval:.0f} samples per engine (at most {MAX_WINDOW_SAMPLES}); shorten the "
                           "window or lengthen the interval")
-    timeout: float | None = values["timeout"]
-    if timeout is None:
-        timeout = min(0.8 * interval, 10.0)
-    elif timeout >= interval:
-        raise ConfigError(f"--timeout ({raw['timeout'][1]}): {timeout:g}s must be shorter than --interval "
-                          f"({interval:g}s)")
+    timeout: float = values["timeout"]
     host, port = values["listen"]
     tokens = dict(values["engine-token-file"])
     if env.get("INFERMETER_ENGINE_TOKEN", "").strip() and "" not in tokens:

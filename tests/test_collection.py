@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.collection import Collection, engine_collector
+from exporter.collection import STALE_READS, Collection, engine_collector
 from exporter.config import Config, EngineTarget
 from exporter.sources.engine import EngineSource
 from exporter.sources.nvml import NvmlSource
@@ -113,15 +113,22 @@ def test_engine_down_counts_errors_and_keeps_identity(rename_window_engine: tupl
     clock.now += 1
     down = collection.run_once()
     view = down.engines[0]
-    assert not view.up and view.stats is None
+    # up 0 at once; one missed read leaves no gap in what comes from the window (for STALE_READS reads), but
+    # the latest gauges are not repeated
+    assert not view.up and view.stats is not None and first.engines[0].stats is not None
+    assert view.stats.rates == first.engines[0].stats.rates and view.stats.gauges == {}
     assert (view.kind, view.model) == (first.engines[0].kind, first.engines[0].model)  # stable series labels
     status = down.collectors[engine_collector("e")]
     assert not status.success and status.errors_total == 1
+    for failed in range(2, STALE_READS + 2):
+        clock.now += 1
+        view = collection.run_once().engines[0]
+        assert not view.up and (view.stats is not None) == (failed <= STALE_READS), failed
     engine.clear_response()
     clock.now += 1
     back = collection.run_once()
-    assert back.engines[0].up
-    assert back.collectors[engine_collector("e")].errors_total == 1
+    assert back.engines[0].up and back.engines[0].stats is not None
+    assert back.collectors[engine_collector("e")].errors_total == STALE_READS + 1
 
 
 def test_a_lost_gpu_is_logged_once_and_the_others_still_served(caplog: pytest.LogCaptureFixture) -> None:
@@ -199,3 +206,40 @@ def test_losing_a_gpu_moves_no_gpu_between_engines() -> None:
         node["gpus"][1]["lost_after_reads"] = None  # back again
         nvml.configure(node)
         assert owned() == before
+
+
+def test_after_an_outage_rates_are_the_window_average_not_the_rate_while_up() -> None:
+    """The issue's replayed outage: an engine generating 10 tokens/s is unreadable for 42 s of a 60 s window,
+    then comes back restarted (counters from 0). Each cycle the exported rate must be the average over the
+    last window, the outage counting as time without work (what PromQL's rate[60s] says), never the rate
+    while the engine was up (10/s) divided over the few samples since it came back."""
+    engine = FakeEngine(FIXTURES / "vllm-0.32.0-real-a.txt")
+    engine.zero()
+    clock = Clock()
+    with FakeEngineServer(engine) as server:
+        collection = collection_for(server.url, clock, window=60.0)
+        done: list[tuple[float, float]] = []  # (time, tokens generated so far)
+        total = 0.0
+        for second in range(200):
+            clock.now = 1_000.0 + second
+            down = 80 <= second < 122
+            if second == 122:
+                engine.reset()  # the engine restarted during the outage
+            if down:
+                engine.set_response(503, b"down")
+            else:
+                engine.clear_response()
+                engine.inc("vllm:generation_tokens_total", 10)
+                total += 10
+            done.append((clock.now, total))
+            view = collection.run_once().engines[0]
+            if down or second < 2:
+                continue
+            assert view.stats is not None
+            rate = view.stats.rates["generation_tokens_per_second"]
+            # the truth: tokens generated in (now - 60 s, now] over 60 s (or since the first read, if later)
+            start = max(clock.now - 60.0, 1_000.0)
+            before = max((tokens for at, tokens in done if at <= start), default=0.0)
+            truth = (total - before) / (clock.now - start)
+            # the window sees the counter from its first sample on: at most one interval's tokens short
+            assert truth - 10 / (clock.now - start) - 1e-9 <= rate <= truth + 1e-9, (second, rate, truth)

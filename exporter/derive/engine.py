@@ -55,8 +55,22 @@ def _counter_series(samples: Sequence[EngineSample], key: str) -> tuple[list[flo
     return times, values
 
 
-def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> EngineStats:
-    """Statistics of a window of samples of one engine, oldest first."""
+# PromQL's extrapolatedRate extrapolates to the range's start when the first sample is within this many
+# average sample intervals of it (promql/functions.go); further away, the time before it had no samples
+EXTRAPOLATION_THRESHOLD = 1.1
+
+
+def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float],
+                 watched_since: float | None = None) -> EngineStats:
+    """Statistics of a window of samples of one engine, oldest first.
+
+    ``watched_since``: where the window begins for rates, the later of the window's start and when the
+    exporter began watching the engine (None: the first sample). A counter's rate is its increase over the
+    window's samples divided by the time they span, as PromQL's ``rate`` does when samples reach the
+    window's start; when they begin later than one sample interval after it (the engine could not be read
+    then: an outage), the time from the window's start counts too, as time without work, so an outage never
+    makes the rate read as the rate while the engine was up.
+    """
     if not samples:
         return EngineStats()
     latest = samples[-1]
@@ -73,7 +87,12 @@ def engine_stats(samples: Sequence[EngineSample], qs: Sequence[float]) -> Engine
                                        known)
     counter_rates: dict[str, float] = {}
     for counter in latest.counters:
-        rate = counter_rate(*_counter_series(samples, counter))
+        times, values = _counter_series(samples, counter)
+        rate = counter_rate(times, values)
+        if rate is not None and watched_since is not None:
+            step = (times[-1] - times[0]) / (len(times) - 1)  # the mean sample interval
+            if times[0] - watched_since > EXTRAPOLATION_THRESHOLD * step:
+                rate = counter_increase(values) / (times[-1] - watched_since)
         if rate is not None:
             counter_rates[counter] = rate
     rates = {exported: counter_rates[c] for c, exported in RATES.items() if c in counter_rates}

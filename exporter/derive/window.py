@@ -24,11 +24,14 @@ class SampleWindow:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._samples: deque[EngineSample] = deque()
+        self._since: float | None = None  # when the exporter began watching this engine (its first sample)
 
     def add(self, sample: EngineSample) -> None:
         if self._samples and (self._samples[-1].kind != sample.kind
                               or sample.timestamp <= self._samples[-1].timestamp):
-            self._samples.clear()  # another engine behind the URL, or the clock went back
+            self.clear()  # another engine behind the URL, or the clock went back
+        if self._since is None:
+            self._since = sample.timestamp
         self._samples.append(compact(sample, self._samples[-1] if self._samples else None))
         oldest = sample.timestamp - self.seconds
         while self._samples and self._samples[0].timestamp < oldest:
@@ -39,6 +42,12 @@ class SampleWindow:
 
     def clear(self) -> None:
         self._samples.clear()
+        self._since = None
+
+    def watched_since(self, now: float) -> float | None:
+        """Where the window begins at ``now``: its start, or when the engine was first seen if later (the
+        time since counts whether the engine could be read or not)."""
+        return None if self._since is None else max(self._since, now - self.seconds)
 
 
 def compact(sample: EngineSample, previous: EngineSample | None) -> EngineSample:
