@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 from exporter.catalog import markdown_table  # noqa: E402
 from exporter.config import markdown_reference  # noqa: E402
 from exporter.sources.engines import markdown_mapping  # noqa: E402
+from tools.accuracy_table import BLOCKS as ACCURACY  # noqa: E402
 from tools.engine_support import markdown_support  # noqa: E402
 from tools.verdict_table import corpus_table  # noqa: E402
 
@@ -25,6 +26,7 @@ BLOCKS: tuple[tuple[str, str, Callable[[], str]], ...] = (
     ("README.md", "engines", markdown_support),
     ("docs/engines.md", "mapping", markdown_mapping),
     ("docs/analytic-model.md", "verdict-table", corpus_table),
+    *(("docs/accuracy.md", name, render) for name, render in ACCURACY.items()),
 )
 
 
