@@ -15,7 +15,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -480,22 +480,75 @@ def fleet_cost() -> dict[str, Any]:
                      [overview, spend, unit_cost, rightsizing, what_if])
 
 
+# The latency summaries, by the `histogram` label infermeter_latency_quantile_bound_seconds gives each
+LATENCIES = {name: f"infermeter_{name}_seconds" for name in (
+    "time_to_first_token", "time_per_output_token", "inter_token_latency", "e2e_request_latency", "queue_time")}
+QUANTILE_BOUND = "infermeter_latency_quantile_bound_seconds"
+KNOWN_DASHED = dashed(".* known to be .*")
+KNOWN_NOTE = ("Dashed, \"known to be below/above\": the interval the window's buckets and sum prove the p50 or "
+              "p99 lies in (infermeter_latency_quantile_bound_seconds); the quantile drawn is PromQL's "
+              "interpolation held to it, so where above is 0 and below a bucket bound, all that is known is "
+              "that the quantile is at most that bound. ")
+MEAN_NOTE = ("Mean: rate(_sum) / rate(_count) over the rate interval, from the engine's cumulative sum and "
+             "count (the quantiles are over the exporter's --window).")
+
+
+def window_mean(summary: str) -> str:
+    """The mean of what finished in the rate interval, from a summary's cumulative _sum and _count (absent
+    when nothing finished)."""
+    return (f"rate({engine(summary + '_sum')}[$__rate_interval])"
+            f" / (rate({engine(summary + '_count')}[$__rate_interval]) > 0)")
+
+
+def quantile_bound(q: str, bound: str, *matchers: str) -> str:
+    """The ``bound`` (lower or upper) of the interval the ``q`` quantile is known to lie in."""
+    return engine(QUANTILE_BOUND, *matchers, f'q="{q}"', f'bound="{bound}"')
+
+
 def latency_panel(title: str, summary: str, expected: str | None = None, slo: str | None = None,
-                  description: str = "", mean: bool = False) -> dict[str, Any]:
-    """p50/p95/p99 of an infermeter summary, with the roofline expectation and the SLO when there are;
-    ``mean`` adds rate(_sum) / rate(_count), which engines without buckets (Triton's duration counters)
-    also give."""
+                  description: str = "") -> dict[str, Any]:
+    """p50/p95/p99 of an infermeter summary with the mean and the interval the p50 and p99 are known to lie
+    in, and the roofline expectation and the SLO when there are (engines without buckets, such as Triton's
+    duration counters, give only the mean)."""
+    histogram = next(name for name, family in LATENCIES.items() if family == summary)
     targets = [target(engine(summary, f'quantile="{q}"'), f"{ENGINE_LEGEND} p{p}")
                for q, p in (("0.5", 50), ("0.95", 95), ("0.99", 99))]
-    if mean:
-        targets.append(target(f"rate({engine(summary + '_sum')}[$__rate_interval])"
-                              f" / (rate({engine(summary + '_count')}[$__rate_interval]) > 0)",
-                              f"{ENGINE_LEGEND} mean"))
+    targets.append(target(window_mean(summary), f"{ENGINE_LEGEND} mean"))
+    for q, p in (("0.5", 50), ("0.99", 99)):
+        for bound, word in (("upper", "below"), ("lower", "above")):
+            targets.append(target(quantile_bound(q, bound, f'histogram="{histogram}"'),
+                                  f"{ENGINE_LEGEND} p{p} known to be {word}"))
     if expected is not None:
         targets.append(target(engine(expected), ENGINE_LEGEND + " expected"))
     if slo is not None:
         targets.append(target(f"max({node(slo)})", "SLO"))
-    return timeseries(title, SECONDS, targets, overrides=[EXPECTED_DASHED, SLO_RED], description=description)
+    return timeseries(title, SECONDS, targets, overrides=[EXPECTED_DASHED, SLO_RED, KNOWN_DASHED],
+                      description=description + " " + KNOWN_NOTE + MEAN_NOTE)
+
+
+def per_latency(expr: Callable[[str], str]) -> str:
+    """``expr(summary)`` for every latency summary, labelled with its ``histogram``, one series per engine
+    and latency."""
+    parts = [f'label_replace({expr(summary)}, "histogram", "{name}", "", "")' for name, summary in LATENCIES.items()]
+    return f"max by ({BY_ENGINE}, histogram) ({' or '.join(parts)})"
+
+
+def known_ranges() -> dict[str, Any]:
+    """One row per engine and latency: the p50 and p99 with the interval each is known to lie in, and the
+    mean (a quantile whose range is 0 to a bucket bound is only known to be at most that bound)."""
+    columns = []
+    for q, p in (("0.5", 50), ("0.99", 99)):
+        columns += [
+            Column(f"p{p}", SECONDS, per_latency(lambda summary, q=q: engine(summary, f'quantile="{q}"'))),
+            Column(f"p{p} known ≥", SECONDS, f"max by ({BY_ENGINE}, histogram) ({quantile_bound(q, 'lower')})"),
+            Column(f"p{p} known ≤", SECONDS, f"max by ({BY_ENGINE}, histogram) ({quantile_bound(q, 'upper')})"),
+        ]
+    columns.append(Column("mean", SECONDS, per_latency(window_mean)))
+    return table("Latency: what is known", ["instance", "engine", "model", "histogram"], columns, w=12, h=8,
+                 description="Per engine and latency, the p50 and p99 over the exporter's window and the interval "
+                             "the window's buckets and sum prove each lies in: known ≥ 0 and known ≤ 10 ms means "
+                             "the quantile is only known to be at most 10 ms, whatever the interpolated value "
+                             "says. " + MEAN_NOTE)
 
 
 def deployment() -> dict[str, Any]:
@@ -524,22 +577,25 @@ def deployment() -> dict[str, Any]:
     )
     latency = row(
         "Latency",
-        latency_panel("Time to first token", "infermeter_time_to_first_token_seconds",
+        latency_panel("Time to first token", LATENCIES["time_to_first_token"],
                       "infermeter_expected_time_to_first_token_seconds", "infermeter_slo_time_to_first_token_seconds",
                       "Quantiles over the exporter's window; dashed: the roofline prefill of the mean prompt "
                       "(no queueing) and the --slo-ttft-seconds target. Absent for TGI."),
-        latency_panel("Time per output token", "infermeter_time_per_output_token_seconds",
+        latency_panel("Time per output token", LATENCIES["time_per_output_token"],
                       "infermeter_expected_time_per_output_token_seconds",
                       "infermeter_slo_time_per_output_token_seconds",
                       "Quantiles over the exporter's window; dashed: the roofline decode step at the observed "
                       "batch and context, and the --slo-tpot-seconds target."),
-        latency_panel("End-to-end request latency", "infermeter_e2e_request_latency_seconds",
-                      description="Quantiles of the engine's request latency over the exporter's window, and the "
-                                  "mean from the engine's cumulative _sum and _count (Triton reports only the mean).",
-                      mean=True),
-        latency_panel("Queue time", "infermeter_queue_time_seconds",
-                      description="Quantiles of the time requests waited in the engine's queue, and the mean "
-                                  "(Triton reports only the mean).", mean=True),
+        latency_panel("Inter-token latency", LATENCIES["inter_token_latency"],
+                      description="Quantiles of the time between consecutive streamed outputs over the exporter's "
+                                  "window (vLLM and SGLang; TGI and Triton report none)."),
+        latency_panel("End-to-end request latency", LATENCIES["e2e_request_latency"],
+                      description="Quantiles of the engine's request latency over the exporter's window (Triton "
+                                  "reports only the mean, and so only the interval its sum implies)."),
+        latency_panel("Queue time", LATENCIES["queue_time"],
+                      description="Quantiles of the time requests waited in the engine's queue (Triton reports "
+                                  "only the mean, and so only the interval its sum implies)."),
+        known_ranges(),
     )
     throughput = row(
         "Throughput",

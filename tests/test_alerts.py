@@ -221,6 +221,38 @@ def test_every_engine_has_a_latency_group_with_three_quantiles_per_histogram() -
         assert quantiles == QUANTILES, (record, quantiles)
 
 
+def _flat(expr: str) -> str:
+    return " ".join(expr.split())
+
+
+def test_every_quantile_rule_is_held_to_the_bound_its_mean_implies() -> None:
+    """Each <level>_quantile:<metric>:histogram_quantile rule is the smaller of A = histogram_quantile(q,
+    <level>_le:<histogram>_bucket:rate5m) and B = <level>:<metric>:mean5m / (1 - q), written `A <= B or B < A
+    or A` with the rule's own q in all five places (the form the promtool tests prove: the bound where it
+    bites, A where it does not or where there is no mean); the mean is rate(_sum) / rate(_count) of the same
+    histogram over the same 5m and by the same level as its buckets. Triton's histogram is in milliseconds:
+    its quantiles and mean are divided by 1000 alike."""
+    rules = {rule["record"]: rule for rule in RECORDS}
+    quantile_rules = [rule for rule in RECORDS if rule["record"].endswith(":histogram_quantile")]
+    assert len(quantile_rules) == 3 * len([name for name in rules if name.endswith("_bucket:rate5m")])
+    for rule in quantile_rules:
+        q = str(rule["labels"]["quantile"])
+        level_quantile, *metric_parts, _ = rule["record"].split(":")
+        level, metric = level_quantile.removesuffix("_quantile"), ":".join(metric_parts)
+        found = re.search(rf"histogram_quantile\({re.escape(q)}, ({level}_le:(\S+)_bucket:rate5m)\)", rule["expr"])
+        assert found, rule["record"]
+        buckets, histogram = found.groups()
+        scale = "" if histogram == metric else " / 1000"
+        assert histogram in (metric, metric.replace("_seconds", "_ms")), (rule["record"], histogram)
+        mean = f"{level}:{metric}:mean5m"
+        a, b = f"histogram_quantile({q}, {buckets}){scale}", f"{mean} / (1 - {q})"
+        assert _flat(rule["expr"]) == f"( {a} <= {b} or {b} < {a} or {a} )", (rule["record"], q)
+        assert _flat(rules[buckets]["expr"]) == f"sum by (le, {level}) (rate({histogram}_bucket[5m]))", buckets
+        ratio = (f"sum by ({level}) (rate({histogram}_sum[5m])) "
+                 f"/ (sum by ({level}) (rate({histogram}_count[5m])) > 0)")
+        assert _flat(rules[mean]["expr"]) == (f"( {ratio} ){scale}" if scale else ratio), mean
+
+
 # --- only real metrics and labels ---------------------------------------------------------------
 
 def test_the_selector_reader_finds_names_and_labels() -> None:

@@ -227,6 +227,34 @@ def test_the_state_panels_know_every_state_and_the_exporters_thresholds() -> Non
         assert set(colours[0]["options"]) == set(verdict.STATES), (board, title)
 
 
+def test_every_latency_quantile_panel_shows_the_mean_and_what_is_known() -> None:
+    """Wherever a latency quantile is drawn, the panel also draws the mean (rate of the summary's _sum over
+    rate of its _count) and the interval the p50 and p99 are known to lie in (both bounds of each, for that
+    latency), so that a reader can tell a measured value from one only known to be at most a bucket bound."""
+    summaries = {spec.name: spec for spec in BY_NAME.values() if spec.type == "summary"}
+    bound = generate.QUANTILE_BOUND
+    assert BY_NAME[bound].labels[-3:] == ("histogram", "q", "bound")
+    checked = 0
+    for name, p in all_panels():
+        exprs = [t["expr"] for t in p["targets"]]
+        drawn = {s for s in summaries for e in exprs if re.search(rf"{s}\{{[^}}]*quantile=", e)}
+        for summary in drawn:
+            where = f"{name}: {p['title']!r}: {summary}"
+            histogram = summary.removeprefix("infermeter_").removesuffix("_seconds")
+            assert any(re.search(rf"rate\({summary}_sum\{{[^}}]*\}}\[\$__rate_interval\]\)\s*/\s*"
+                                 rf"\(rate\({summary}_count\{{[^}}]*\}}\[\$__rate_interval\]\) > 0\)", e)
+                       for e in exprs), f"{where}: no mean"
+            for q in ("0.5", "0.99"):
+                for side in ("lower", "upper"):
+                    wanted = (f'q="{q}"', f'bound="{side}"')
+                    assert any(bound in e and all(w in e for w in wanted)
+                               and (f'histogram="{histogram}"' in e or "histogram)" in e) for e in exprs), (
+                        f"{where}: no {side} bound of the {q} quantile")
+            checked += 1
+    # the deployment dashboard's five latency panels and its table, which covers every latency
+    assert checked == 5 + len(generate.LATENCIES), checked
+
+
 def test_the_state_code_query_sums_one_code_per_state() -> None:
     expr = generate.state_code(generate.BY_ENGINE)
     assert expr.startswith(f"sum by ({generate.BY_ENGINE}) (")
