@@ -102,31 +102,68 @@ CATALOG: tuple[MetricSpec, ...] = (
             "End-to-end request latency in the engine. " + LATENCY_NOTE),
     _engine("queue_time_seconds", "summary", "seconds",
             "Time requests waited in the engine's queue. " + LATENCY_NOTE),
+    _engine("request_render_duration_seconds", "summary", "seconds",
+            "Time the engine's API server spent rendering a request before scheduling it: request checks, chat "
+            "template, tokenisation, multimodal preprocessing (vLLM 0.34+ request_render_duration_seconds). The "
+            "engine's TTFT starts inside this span, so it already holds most of it; what neither includes is "
+            "the network, HTTP handling and the stream (docs/accuracy.md). " + LATENCY_NOTE),
     _engine("latency_quantile_bound_seconds", "gauge", "seconds",
             "The interval each exported latency quantile is known to lie in, from the window's buckets and sum "
             "(q: the quantile; bound=lower|upper; histogram names the latency, e.g. time_to_first_token): a "
             "quantile whose lower bound is 0 and upper bound a bucket bound is only known to be at most that.",
             (*ENGINE_LABELS, "histogram", "q", "bound")),
     _engine("prompt_tokens_per_second", "gauge", "tokens per second",
-            "Prompt (prefill) tokens processed per second " + RATE_NOTE + "."),
+            "Prompt (prefill) tokens processed per second " + RATE_NOTE + "; every prompt token, prefix-cache hits "
+            "and KV transferred from elsewhere included (vLLM prompt_tokens_total)."),
+    _engine("prompt_tokens_computed_per_second", "gauge", "tokens per second",
+            "Prompt tokens the engine computed per second " + RATE_NOTE + ": prefix-cache hits and KV transferred "
+            "from elsewhere left out (vLLM prompt_tokens_by_source, source local_compute); the prefill work "
+            "the analytic model, the cost split and the planner use."),
     _engine("generation_tokens_per_second", "gauge", "tokens per second",
             "Generated (decode) tokens per second " + RATE_NOTE + "."),
     _engine("requests_per_second", "gauge", "requests per second",
-            "Requests finished per second " + RATE_NOTE + "."),
+            "Requests finished per second " + RATE_NOTE + ", whatever their outcome (aborted and failed included; "
+            "infermeter_request_outcomes_per_second splits them)."),
+    _engine("request_outcomes_per_second", "gauge", "requests per second",
+            "Finished requests per second by outcome " + RATE_NOTE + " (vLLM request_success_total's "
+            "finished_reason): completed (stop, length, repetition: an answer was delivered), aborted (the client "
+            "went away), failed (an engine error); they add up to infermeter_requests_per_second.",
+            (*ENGINE_LABELS, "outcome")),
+    _engine("admission_rejections_per_second", "gauge", "requests per second",
+            "Requests the engine turned away at admission per second " + RATE_NOTE + " (vLLM "
+            "admission_rejections_total, every reason: --max-num-queued-reqs or --max-num-queued-tokens); demand "
+            "that never got in, counted in the planner's requests per second."),
     _engine("preemptions_per_second", "gauge", "preemptions per second",
             "Requests preempted per second " + RATE_NOTE + " (KV cache pressure)."),
     _engine("prefix_cache_hit_ratio", "gauge", "ratio",
-            "Prefix cache hits per query token " + WINDOW_NOTE + "."),
+            "Prefix cache hits per query token " + WINDOW_NOTE + ": the engine's own (GPU) prefix cache; vLLM's "
+            "offloaded and remote tiers are in infermeter_prefix_cache_tier_hit_ratio."),
+    _engine("prefix_cache_tier_hit_ratio", "gauge", "ratio",
+            "Prompt tokens whose KV one cache tier supplied, per prompt token queried " + WINDOW_NOTE + " (vLLM "
+            "prompt_tokens_cached_by_source over prefix_cache_queries; tier: device (GPU memory, the same as "
+            "infermeter_prefix_cache_hit_ratio), host (offloaded to CPU memory), disk, p2p (another instance), "
+            "external_unspecified); the sum over tiers is the share any cache served.", (*ENGINE_LABELS, "tier")),
     _engine("spec_decode_acceptance_ratio", "gauge", "ratio",
             "Speculative decoding: draft tokens accepted per draft token proposed " + WINDOW_NOTE + " (engines that "
             "report only a ratio: its latest value)."),
+    _engine("spec_decode_mean_acceptance_length_tokens", "gauge", "tokens",
+            "Speculative decoding: tokens each draft step yields, 1 + accepted draft tokens per draft "
+            + WINDOW_NOTE + " (vLLM's mean acceptance length, the bonus token included; "
+            "vllm:spec_decode_num_drafts_total)."),
     _engine("requests_running", "gauge", "requests", "Requests in the running batch."),
-    _engine("requests_waiting", "gauge", "requests", "Requests waiting in the engine's queue."),
+    _engine("requests_waiting", "gauge", "requests",
+            "Requests waiting in the engine's queue (vLLM: for capacity and deferred alike; "
+            "infermeter_requests_waiting_by_reason splits them)."),
+    _engine("requests_waiting_by_reason", "gauge", "requests",
+            "Requests waiting, by reason (vLLM num_requests_waiting_by_reason): capacity (for room in the batch "
+            "or the KV cache) or deferred (for a LoRA slot, a KV transfer or a blocked state); they add up to "
+            "infermeter_requests_waiting. Right-sizing counts capacity only.", (*ENGINE_LABELS, "reason")),
     _engine("kv_cache_usage_ratio", "gauge", "ratio",
             "Fraction of the KV cache in use (vLLM kv_cache_usage_perc; TGI current batch max tokens over "
             "max batch total tokens)."),
     _engine("kv_cache_capacity_tokens", "gauge", "tokens",
-            "Tokens the KV cache holds (vLLM num_gpu_blocks x block_size; TGI max_batch_total_tokens)."),
+            "Tokens the KV cache holds (vLLM cache_config_info kv_cache_size_tokens, which counts every KV cache "
+            "group of a hybrid model, else num_gpu_blocks x block_size; TGI max_batch_total_tokens)."),
     # --- analytic expectations (docs/analytic-model.md) ---
     _engine("model_info", "info", "", "The model architecture the analytic model uses and where it came from; "
             "value 1.", ("engine", "kind", "model", "architecture", "weight_dtype", "spec_source")),
@@ -139,16 +176,19 @@ CATALOG: tuple[MetricSpec, ...] = (
     _engine("expected_time_per_output_token_seconds", "gauge", "seconds",
             "Roofline time per output token at the observed batch and context " + WINDOW_NOTE + "."),
     _engine("expected_time_to_first_token_seconds", "gauge", "seconds",
-            "Roofline prefill time of the observed mean prompt " + WINDOW_NOTE + ", without queueing."),
+            "Roofline prefill time of the observed mean prompt's computed tokens " + WINDOW_NOTE + " (prefix-cache "
+            "hits left out where the engine reports them), without queueing."),
     _engine("tpot_efficiency_ratio", "gauge", "ratio",
             "Expected time per output token over the observed median (1 = at the roofline); the median "
             "inter-token latency where the engine has no time-per-output-token histogram (SGLang)."),
     _engine("memory_bandwidth_utilization_ratio", "gauge", "ratio",
             "MBU: bytes moved per second over the GPUs' peak bandwidth (source=analytic from the model and the "
-            "observed step time; source=engine from vLLM's own estimate).", (*ENGINE_LABELS, "source")),
+            "observed step time; source=engine from vLLM's own estimate of bytes read plus bytes written).",
+            (*ENGINE_LABELS, "source")),
     _engine("model_flops_utilization_ratio", "gauge", "ratio",
-            "MFU: FLOPs per second over the GPUs' dense peak (source=analytic: 2 x active params x tokens/s; "
-            "source=engine: vLLM's own estimate).", (*ENGINE_LABELS, "source")),
+            "MFU: FLOPs per second over the GPUs' dense peak (source=analytic: 2 x active params x tokens/s, "
+            "counting the prompt tokens the engine computed and the generated ones; source=engine: vLLM's own "
+            "estimate).", (*ENGINE_LABELS, "source")),
     _engine("gpu_memory_breakdown_bytes", "gauge", "bytes",
             "The engine's GPU memory: weights and KV cache (analytic sizes) and the rest NVML reports as used.",
             (*ENGINE_LABELS, "component")),
@@ -157,7 +197,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     _engine("cost_dollars_total", "counter", "dollars",
             "Money spent on the engine's GPUs since the exporter started."),
     _engine("cost_per_request_dollars", "gauge", "dollars",
-            "Hourly cost over requests finished per hour " + WINDOW_NOTE + "."),
+            "Hourly cost over requests completed per hour " + WINDOW_NOTE + ": the cost is spread over the "
+            "requests that got an answer (stop, length, repetition), so aborted and failed requests' GPU time "
+            "raises it; every finished request where the engine does not tell outcomes apart."),
     _engine("cost_per_million_tokens_dollars", "gauge", "dollars",
             "Cost of a million tokens " + WINDOW_NOTE + "; prompt and generation split the hourly cost by their "
             "share of GPU time.", (*ENGINE_LABELS, "token_type")),
@@ -179,14 +221,15 @@ CATALOG: tuple[MetricSpec, ...] = (
     _engine("rightsizing_loaded_ratio", "gauge", "ratio",
             "Share of the evidence samples in which a request was running or waiting."),
     _engine("rightsizing_queueing_ratio", "gauge", "ratio",
-            "Share of the loaded evidence samples in which a request was waiting."),
+            "Share of the loaded evidence samples in which a request was waiting for capacity (vLLM: "
+            "reason=capacity, deferred requests left out)."),
     _engine("rightsizing_kv_cache_full_ratio", "gauge", "ratio",
             "Share of the loaded evidence samples in which KV cache usage was at least 0.9."),
     _engine("rightsizing_preemptions_per_second", "gauge", "",
             "Preemptions (SGLang: retractions) per second over the evidence samples; any means the KV cache "
             "ran out."),
     _engine("rightsizing_waiting_requests", "gauge", "",
-            "Mean requests waiting over the loaded evidence samples."),
+            "Mean requests waiting for capacity over the loaded evidence samples (vLLM: reason=capacity)."),
     _engine("rightsizing_gpu_busy_ratio", "gauge", "ratio",
             "Mean NVML utilisation of the engine's GPUs over the loaded evidence samples (shown, not decisive: "
             "it counts any kernel running)."),
@@ -204,10 +247,13 @@ CATALOG: tuple[MetricSpec, ...] = (
     _engine("rightsizing_savings_dollars_per_hour", "gauge", "dollars per hour",
             "What the engine costs per hour now minus the recommended shape of its GPU model (never below 0)."),
     _engine("rightsizing_planned_requests_per_second", "gauge", "",
-            "Requests per second the planner was given (the window's rate, two significant digits; 1e-06 with "
-            "a default request when nothing finished in the window)."),
+            "Requests per second the planner was given: finished plus rejected at admission over the window (two "
+            "significant digits; 1e-06 with a default request when nothing finished in the window)."),
     _engine("rightsizing_planned_prompt_tokens", "gauge", "tokens",
-            "Mean prompt tokens per request the planner was given."),
+            "Mean prompt tokens per request the planner was given (all of them: the KV cache holds them)."),
+    _engine("rightsizing_planned_computed_prompt_tokens", "gauge", "tokens",
+            "Mean prompt tokens per request the planner times the prefill on: the ones the engine computed, "
+            "prefix-cache hits left out (absent where the engine does not report them: the whole prompt)."),
     _engine("rightsizing_planned_output_tokens", "gauge", "tokens",
             "Mean output tokens per request the planner was given."),
     _engine("rightsizing_efficiency_ratio", "gauge", "ratio",

@@ -45,6 +45,7 @@ LATENCIES: dict[str, str] = {
     "infermeter_inter_token_latency_seconds": "inter_token_latency",
     "infermeter_e2e_request_latency_seconds": "e2e_request_latency",
     "infermeter_queue_time_seconds": "queue_time",
+    "infermeter_request_render_duration_seconds": "render_duration",
 }
 
 ENGINE_GAUGES: dict[str, str] = {
@@ -53,6 +54,8 @@ ENGINE_GAUGES: dict[str, str] = {
     "infermeter_kv_cache_usage_ratio": "kv_cache_usage_ratio",
     "infermeter_kv_cache_capacity_tokens": "kv_cache_capacity_tokens",
 }
+# infermeter_requests_waiting_by_reason: reason -> canonical gauge
+WAITING_REASONS: dict[str, str] = {"capacity": "requests_waiting_capacity", "deferred": "requests_waiting_deferred"}
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,21 @@ def engine_points(snapshot: Snapshot) -> Iterator[Point]:
             yield Point("infermeter_" + name, labels, value)
         if stats.prefix_cache_hit_ratio is not None:
             yield Point("infermeter_prefix_cache_hit_ratio", labels, stats.prefix_cache_hit_ratio)
+        for tier, ratio in stats.prefix_cache_tier_hit_ratios.items():
+            yield Point("infermeter_prefix_cache_tier_hit_ratio", {**labels, "tier": tier}, ratio)
         if stats.spec_decode_acceptance_ratio is not None:
             yield Point("infermeter_spec_decode_acceptance_ratio", labels, stats.spec_decode_acceptance_ratio)
+        if stats.spec_decode_mean_acceptance_length is not None:
+            yield Point("infermeter_spec_decode_mean_acceptance_length_tokens", labels,
+                        stats.spec_decode_mean_acceptance_length)
+        for outcome, rate in stats.outcome_rates.items():
+            yield Point("infermeter_request_outcomes_per_second", {**labels, "outcome": outcome}, rate)
         for family, gauge in ENGINE_GAUGES.items():
             if gauge in stats.gauges:
                 yield Point(family, labels, stats.gauges[gauge])
+        for reason, gauge in WAITING_REASONS.items():
+            if gauge in stats.gauges:
+                yield Point("infermeter_requests_waiting_by_reason", {**labels, "reason": reason}, stats.gauges[gauge])
 
 
 def gpu_fact_points(snapshot: Snapshot) -> Iterator[Point]:
@@ -225,6 +238,8 @@ def rightsizing_points(sizing: Rightsizing | None, labels: dict[str, str]) -> It
     workload = inputs.workload
     yield Point("infermeter_rightsizing_planned_requests_per_second", labels, workload.requests_per_second)
     yield Point("infermeter_rightsizing_planned_prompt_tokens", labels, workload.prompt_tokens)
+    if workload.computed_prompt_tokens is not None:
+        yield Point("infermeter_rightsizing_planned_computed_prompt_tokens", labels, workload.computed_prompt_tokens)
     yield Point("infermeter_rightsizing_planned_output_tokens", labels, workload.output_tokens)
     for phase in PHASES:
         efficiency = getattr(inputs.calibration, phase)

@@ -172,6 +172,7 @@ class Observed:
     decode_efficiency: float | None
     prefill_efficiency: float | None
     kv_cache_dtype: str | None = None
+    computed_prompt_tokens: float | None = None  # where a prefix cache serves part of the prompt
 
     def describe(self) -> dict[str, Any]:
         e = self.engine
@@ -216,7 +217,8 @@ def observe(url: str, engine: str | None, samples: Sequence[report.Sample]) -> O
         slo_tpot_seconds=slo.get(P + "slo_time_per_output_token_seconds"),
         decode_efficiency=e.get(P + "rightsizing_efficiency_ratio", "phase=decode"),
         prefill_efficiency=e.get(P + "rightsizing_efficiency_ratio", "phase=prefill"),
-        kv_cache_dtype=e.labels.get("plan_kv_cache_dtype"))
+        kv_cache_dtype=e.labels.get("plan_kv_cache_dtype"),
+        computed_prompt_tokens=e.get(P + "rightsizing_planned_computed_prompt_tokens"))
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -364,7 +366,8 @@ def build(args: argparse.Namespace) -> tuple[planner.Plan, dict[str, Any], list[
         workload = planner.Workload(
             pick(args.rate, observed.requests_per_second if observed else None, "--rate"),
             pick(args.prompt_tokens, observed.prompt_tokens if observed else None, "--prompt-tokens"),
-            pick(args.output_tokens, observed.output_tokens if observed else None, "--output-tokens"))
+            pick(args.output_tokens, observed.output_tokens if observed else None, "--output-tokens"),
+            observed.computed_prompt_tokens if observed is not None and args.prompt_tokens is None else None)
     except ValueError as err:
         raise UsageError(str(err)) from None
     ttft = args.slo_ttft or (observed.slo_ttft_seconds if observed else None)

@@ -72,17 +72,25 @@ class Histogram:
 class EngineSample:
     """One scrape of an inference server, mapped onto infermeter's canonical fields.
 
-    ``counters`` keys: prompt_tokens, generation_tokens, requests_finished, preemptions,
-    prefix_cache_queries, prefix_cache_hits, prefill_seconds and decode_seconds (GPU time the
-    engine spent in each phase), engine_flops_per_gpu and engine_read_bytes_per_gpu (vLLM's own
-    estimates, with --enable-mfu-metrics), spec_decode_draft_tokens and spec_decode_accepted_tokens
-    (speculative decoding).
-    ``gauges`` keys: requests_running, requests_waiting, kv_cache_usage_ratio,
-    kv_cache_capacity_tokens, prefix_cache_hit_ratio and spec_decode_acceptance_ratio (engines that only
-    report a ratio), data_parallel_ranks, sleep_level (vLLM sleep mode: 0 awake, 1 weights offloaded,
-    2 everything discarded).
+    ``counters`` keys: prompt_tokens (every prompt token, prefix-cache hits included),
+    prompt_tokens_computed (the prompt tokens the engine computed: vLLM
+    prompt_tokens_by_source{source="local_compute"}), generation_tokens, requests_finished (every finished
+    request), requests_aborted (vLLM request_success{finished_reason="abort"}; SGLang
+    num_aborted_requests_total) and requests_failed (vLLM request_success{finished_reason="error"}): completed =
+    requests_finished - requests_aborted - requests_failed (stop, length, repetition), admission_rejections
+    (vLLM admission_rejections_total, every reason), preemptions, prefix_cache_queries, prefix_cache_hits,
+    prefix_cache_hits_<tier> (vLLM prompt_tokens_cached_by_source per tier: device, host, disk, p2p,
+    external_unspecified), prefill_seconds and decode_seconds (GPU time the engine spent in each phase),
+    engine_flops_per_gpu, engine_read_bytes_per_gpu and engine_write_bytes_per_gpu (vLLM/SGLang's own
+    estimates; MBU source="engine" uses read + write), spec_decode_drafts, spec_decode_draft_tokens and
+    spec_decode_accepted_tokens (speculative decoding).
+    ``gauges`` keys: requests_running, requests_waiting (every waiting request),
+    requests_waiting_capacity and requests_waiting_deferred (vLLM num_requests_waiting_by_reason),
+    kv_cache_usage_ratio, kv_cache_capacity_tokens, prefix_cache_hit_ratio and spec_decode_acceptance_ratio
+    (engines that only report a ratio), data_parallel_ranks, sleep_level (vLLM sleep mode: 0 awake, 1
+    weights offloaded, 2 everything discarded).
     ``histograms`` keys: time_to_first_token, time_per_output_token, inter_token_latency,
-    e2e_request_latency, queue_time.
+    e2e_request_latency, queue_time, render_duration (vLLM 0.34+: rendering a request in the API server).
     Only what the engine reported is present.
     """
 

@@ -51,7 +51,8 @@ def naive_sum(body: str, name: str, **labels: str) -> float:
 
 
 VLLM_FIXTURES = ["vllm-v0-0.6.txt", "vllm-v1-0.10.txt", "vllm-v1-dp2.txt", "vllm-0.32.0-real-a.txt",
-                 "vllm-0.32.0-real-b.txt"]
+                 "vllm-0.32.0-real-b.txt", "vllm-0.33.0-a.txt", "vllm-0.33.0-b.txt", "vllm-0.33.0-hybrid.txt",
+                 "vllm-0.34.0-a.txt", "vllm-0.34.0-b.txt", "vllm-0.34.0-hybrid.txt"]
 
 
 @pytest.mark.parametrize("fixture", VLLM_FIXTURES)
@@ -97,9 +98,12 @@ def test_v0_names() -> None:
 
 
 def test_kv_capacity_from_cache_config_info() -> None:
-    for fixture in ["vllm-v1-0.10.txt", "vllm-0.32.0-real-a.txt", "vllm-v1-dp2.txt"]:
+    # vLLM's group-aware kv_cache_size_tokens where served (0.32 on), else num_gpu_blocks x block_size
+    for fixture in ["vllm-v1-0.10.txt", "vllm-0.32.0-real-a.txt", "vllm-v1-dp2.txt", "vllm-0.33.0-hybrid.txt",
+                    "vllm-0.34.0-hybrid.txt"]:
         body = text(fixture)
-        expected = sum(float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+        expected = sum(float(labels["kv_cache_size_tokens"]) if "kv_cache_size_tokens" in labels
+                       else float(labels["num_gpu_blocks"]) * float(labels["block_size"])
                        for labels, _ in naive(body, "vllm:cache_config_info"))
         assert read(body, 1.0, None).gauges["kv_cache_capacity_tokens"] == expected
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
 from exporter.config import EngineTarget
-from exporter.simulate import SCENARIOS, SimulatorServer, exposition_for, main, simulation
+from exporter.simulate import SCENARIOS, VLLM_VERSION, VLLM_VERSIONS, SimulatorServer, exposition_for, main, simulation
 from exporter.simulate.exposition import INFO_NAME, TgiExposition, VllmExposition, build_1_2_5_buckets
 from exporter.sources.engine import EngineSource
 from exporter.sources.engines import detect
@@ -26,6 +26,11 @@ from exporter.sources.exposition import parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 VLLM_REAL = FIXTURES / "vllm-0.32.0-real-a.txt"
+# each vLLM version the simulator serves -> the fixture of that version it must look like
+VLLM_SHAPES = {"0.32.0": "vllm-0.32.0-real-a", "0.33.0": "vllm-0.33.0-a", "0.34.0": "vllm-0.34.0-a"}
+# the 0.33/0.34 fixtures were written with speculative decoding on; the simulated engine does not speculate
+SPECULATIVE = {f"vllm:spec_decode_{name}{suffix}" for suffix in ("", "_created")
+               for name in ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "num_accepted_tokens_per_pos")}
 TGI_FIXTURE = FIXTURES / "tgi-3.x.txt"
 KINDS = ("vllm", "tgi")
 CANONICAL = {
@@ -43,15 +48,15 @@ VLLM_TOKEN_HISTOGRAMS = {"vllm:request_prompt_tokens", "vllm:request_generation_
                          "vllm:request_max_num_generation_tokens", "vllm:request_params_max_tokens",
                          "vllm:request_prefill_kv_computed_tokens"}
 
-_driven: dict[tuple[str, str], tuple[Any, Any, str]] = {}
+_driven: dict[tuple[str, str, str], tuple[Any, Any, str]] = {}
 
 
-def driven(kind: str, scenario: str, seconds: float = 75.0) -> tuple[Any, Any, str]:
+def driven(kind: str, scenario: str, seconds: float = 75.0, vllm_version: str = VLLM_VERSION) -> tuple[Any, Any, str]:
     """A simulation run for ``seconds`` with seed 7, its exposition and the rendered text (cached)."""
-    key = (kind, scenario)
+    key = (kind, scenario, vllm_version)
     if key not in _driven:
         sim = simulation(kind, scenario, seed=7)
-        exposition = exposition_for(sim)
+        exposition = exposition_for(sim, vllm_version)
         sim.advance(seconds)
         _driven[key] = (sim, exposition, exposition.render().decode())
     return _driven[key]
@@ -133,16 +138,20 @@ def test_every_scenario_is_read_by_infermeter(kind: str, scenario: str) -> None:
     assert 0.0 <= sample.gauges["kv_cache_usage_ratio"] <= 1.0
 
 
-def test_vllm_shape_equals_the_real_032_capture() -> None:
-    sim, exposition, text = driven("vllm", "memory-bound")
-    real = shape(VLLM_REAL.read_text())
+@pytest.mark.parametrize("version", VLLM_VERSIONS)
+def test_vllm_shape_equals_each_versions_fixture(version: str) -> None:
+    """0.32.0: the real capture; 0.33.0 and 0.34.0: what each release's own stat logger wrote."""
+    sim, exposition, text = driven("vllm", "memory-bound", vllm_version=version)
+    real = shape((FIXTURES / f"{VLLM_SHAPES[version]}.txt").read_text())
     served = shape(text)
     assert exposition.content_type in ("text/plain; version=1.0.0; charset=utf-8",
                                        "text/plain; version=0.0.4; charset=utf-8")
+    assert exposition.identity()["/version"]["version"].startswith(version + "+")
     ours = {name for name in served if name.startswith("vllm:")}
-    theirs = {name for name in real if name.startswith("vllm:")}
-    assert ours == theirs  # every vLLM family of the capture, and no other
-    max_model_len = json.loads((FIXTURES / "vllm-0.32.0-real-a.models.json").read_text())["data"][0]["max_model_len"]
+    theirs = {name for name in real if name.startswith("vllm:")} - SPECULATIVE
+    assert ours == theirs  # every vLLM family of the fixture, and no other
+    models = json.loads((FIXTURES / f"{VLLM_SHAPES[version]}.models.json").read_text())
+    max_model_len = models["data"][0]["max_model_len"]
     for name in sorted(ours):
         assert served[name]["type"] == real[name]["type"], name
         assert served[name]["help"] == real[name]["help"], name
@@ -158,6 +167,18 @@ def test_vllm_shape_equals_the_real_032_capture() -> None:
             assert 'engine="0"' in line and 'model_name="meta-llama/Llama-3.1-8B"' in line, line
     assert 'vllm:num_preemptions_total{engine="0"' in text
     assert "vllm:num_preemptions_created{" in text
+
+
+def test_the_simulator_serves_the_newest_vllm_by_default() -> None:
+    assert VLLM_VERSION == VLLM_VERSIONS[-1] == "0.34.0"
+    _, exposition, text = driven("vllm", "balanced")
+    assert exposition.identity()["/version"]["version"] == "0.34.0+infermeter-simulator"
+    assert 'enable_extensible_kv_cache="True"' in text
+    _, older, old_text = driven("vllm", "balanced", vllm_version="0.32.0")
+    assert older.identity()["/version"]["version"] == "0.32.0+infermeter-simulator"
+    assert "enable_extensible_kv_cache" not in old_text and "simple_cpu_offload_num_blocks" not in old_text
+    with pytest.raises(ValueError, match=r"unknown vLLM version '0\.31\.0'"):
+        VllmExposition(simulation("vllm", "balanced"), "0.31.0")
 
 
 def test_tgi_shape_equals_the_3x_fixture() -> None:

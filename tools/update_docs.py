@@ -17,7 +17,7 @@ from exporter.catalog import markdown_table  # noqa: E402
 from exporter.config import markdown_reference  # noqa: E402
 from exporter.sources.engines import markdown_mapping  # noqa: E402
 from tools.accuracy_table import BLOCKS as ACCURACY  # noqa: E402
-from tools.engine_support import markdown_support  # noqa: E402
+from tools.engine_support import markdown_support, markdown_vllm_versions  # noqa: E402
 from tools.verdict_table import corpus_table  # noqa: E402
 
 BLOCKS: tuple[tuple[str, str, Callable[[], str]], ...] = (
@@ -25,6 +25,7 @@ BLOCKS: tuple[tuple[str, str, Callable[[], str]], ...] = (
     ("README.md", "metrics", markdown_table),
     ("README.md", "engines", markdown_support),
     ("docs/engines.md", "mapping", markdown_mapping),
+    ("docs/engines.md", "vllm-versions", markdown_vllm_versions),
     ("docs/analytic-model.md", "verdict-table", corpus_table),
     *(("docs/accuracy.md", name, render) for name, render in ACCURACY.items()),
 )

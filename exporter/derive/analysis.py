@@ -19,6 +19,9 @@ from exporter.facts.models import ModelSpec
 DEFAULT_CONTEXT_TOKENS = 1024.0
 # Right-sizing keeps this headroom: a replica is planned to be busy at most this share of the time.
 TARGET_BUSY_SHARE = 0.8
+# vLLM 0.34's gpu_memory_utilization when unset (vllm/config/cache.py: resolved_gpu_memory_utilization)
+VLLM_EXTENSIBLE_KV_CACHE_UTILIZATION = 1.0
+VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,18 @@ class Deployment:
 
     @property
     def gpu_memory_utilization(self) -> float:
+        """The engine's gpu_memory_utilization; vLLM 0.34 serves "None" when it was not set, and then uses
+        1.0 with the extensible KV cache (sized from measured free memory) and 0.92 without
+        (vllm/config/cache.py 0.34, CacheConfig.resolved_gpu_memory_utilization)."""
+        text = self.engine_config.get("gpu_memory_utilization", "")
+        if text == "None":
+            extensible = self.engine_config.get("enable_extensible_kv_cache")
+            if extensible == "True":
+                return VLLM_EXTENSIBLE_KV_CACHE_UTILIZATION
+            if extensible == "False":
+                return VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
         try:
-            value = float(self.engine_config.get("gpu_memory_utilization", ""))
+            value = float(text)
         except ValueError:
             return roofline.DEFAULT_GPU_MEMORY_UTILIZATION
         return value if 0 < value <= 1 else roofline.DEFAULT_GPU_MEMORY_UTILIZATION
@@ -65,10 +78,13 @@ class Load:
     prompt_tokens_per_second: float
     generation_tokens_per_second: float
     requests_per_second: float
-    mean_prompt_tokens: float | None
+    mean_prompt_tokens: float | None  # every prompt token (what the KV cache holds)
     kv_tokens: float | None       # tokens in the KV cache now (usage x capacity)
     step_seconds: float | None    # observed decode step: mean inter-token latency over the window
     tpot_median_seconds: float | None
+    # prompt tokens the engine computed (vLLM: prefix-cache hits and transferred KV left out; else every one)
+    prompt_tokens_computed_per_second: float = 0.0
+    mean_computed_prompt_tokens: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,8 @@ def observed_load(stats: EngineStats, replicas: int = 1) -> Load:
     capacity = stats.gauges.get("kv_cache_capacity_tokens")
     kv_tokens = usage * capacity if usage is not None and capacity else None
     mean_prompt = prompt_tps / rps if rps > 0 and prompt_tps > 0 else None
+    computed_tps = stats.prompt_tokens_computed_per_second()
+    mean_computed = computed_tps / rps if rps > 0 and computed_tps > 0 else None
     mean_output = generation_tps / rps if rps > 0 and generation_tps > 0 else None
     now_running = stats.gauges.get("requests_running", 0.0)
     if kv_tokens and now_running > 0:
@@ -117,7 +135,8 @@ def observed_load(stats: EngineStats, replicas: int = 1) -> Load:
                 generation_tokens_per_second=generation_tps, requests_per_second=rps,
                 mean_prompt_tokens=mean_prompt, kv_tokens=kv_tokens,
                 step_seconds=itl.window_mean if itl else None,
-                tpot_median_seconds=tpot.quantiles.get(0.5) if tpot else None)
+                tpot_median_seconds=tpot.quantiles.get(0.5) if tpot else None,
+                prompt_tokens_computed_per_second=computed_tps, mean_computed_prompt_tokens=mean_computed)
 
 
 def analyse(stats: EngineStats, deployment: Deployment, gpu_utilization: Sequence[float],
@@ -130,7 +149,8 @@ def analyse(stats: EngineStats, deployment: Deployment, gpu_utilization: Sequenc
     capacity = replicas * roofline.kv_capacity_tokens(model, n, deployment.memory_bytes_per_gpu, kv_bytes,
                                                       deployment.gpu_memory_utilization)
     decode = roofline.decode_step(model, gpu, n, load.batch, load.context, kv_bytes)
-    prompt = load.mean_prompt_tokens or load.context
+    # the prefill of the mean prompt's computed part (a prefix-cache hit or transferred KV is not computed)
+    prompt = load.mean_computed_prompt_tokens or load.mean_prompt_tokens or load.context
     prefill = roofline.prefill(model, gpu, n, prompt)
     expected_tpot = decode.seconds if decode else None
     efficiency = (expected_tpot / load.tpot_median_seconds
@@ -144,9 +164,11 @@ def analyse(stats: EngineStats, deployment: Deployment, gpu_utilization: Sequenc
             mbu["analytic"] = value
     read_rate = stats.counter_rates.get("engine_read_bytes_per_gpu")
     if read_rate is not None:
-        mbu["engine"] = read_rate / gpu.memory_bandwidth_bytes_per_second
+        # vLLM's memory traffic is read + write bytes (vllm/v1/metrics/perf.py, 0.32-0.34)
+        moved = read_rate + stats.counter_rates.get("engine_write_bytes_per_gpu", 0.0)
+        mbu["engine"] = moved / gpu.memory_bandwidth_bytes_per_second
     mfu: dict[str, float] = {}
-    tokens_per_second = load.prompt_tokens_per_second + load.generation_tokens_per_second
+    tokens_per_second = load.prompt_tokens_computed_per_second + load.generation_tokens_per_second
     analytic_mfu = roofline.model_flops_utilization(model, gpu, deployment.gpus, tokens_per_second)
     if analytic_mfu is not None:
         mfu["analytic"] = analytic_mfu
@@ -192,13 +214,16 @@ def bandwidth_share(load: Load, deployment: Deployment) -> float:
 def prompt_time_share(stats: EngineStats, load: Load, decode: roofline.StepTime | None,
                       prefill: roofline.StepTime | None) -> float | None:
     """Share of GPU time spent on prompts: the engine's own prefill/decode time where it reports it
-    (cost.engine_prompt_share), else the analytic times of the observed token rates."""
+    (cost.engine_prompt_share), else the analytic times of the observed token rates, counting the prompt
+    tokens the engine computed (not its prefix-cache hits)."""
     own = engine_prompt_share(stats)
     if own is not None:
         return own
-    if decode is None or prefill is None or load.mean_prompt_tokens is None:
+    computed = load.mean_computed_prompt_tokens
+    if decode is None or prefill is None or computed is None:
         return None
-    prompt_time = load.prompt_tokens_per_second * prefill.seconds / load.mean_prompt_tokens
+    # prefills per second x the prefill of the mean computed prompt (``prefill``)
+    prompt_time = load.prompt_tokens_computed_per_second * prefill.seconds / computed
     generation_time = load.generation_tokens_per_second * decode.seconds / load.batch
     total = prompt_time + generation_time
     return prompt_time / total if total > 0 else None

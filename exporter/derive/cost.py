@@ -39,9 +39,13 @@ def engine_prompt_share(stats: EngineStats) -> float | None:
 
 def costs(hourly: float, stats: EngineStats, gpu_utilization: Sequence[float],
           prompt_share: float | None) -> Costs:
-    """Costs at ``hourly`` dollars for the load in ``stats``; ``prompt_share`` splits them by token type."""
+    """Costs at ``hourly`` dollars for the load in ``stats``; ``prompt_share`` splits them by token type (the
+    prompt part is then spread over every prompt token, prefix-cache hits included: the tokens a request
+    sends, whichever of them the engine had to compute)."""
     rates = stats.counter_rates
-    rps = rates.get("requests_finished", 0.0)
+    # a request's cost is spread over the requests that completed (stop, length, repetition): the GPU time
+    # spent on aborted and failed requests is paid for by the answers that were delivered
+    rps = stats.requests_completed_per_second()
     prompt, generation = rates.get("prompt_tokens", 0.0), rates.get("generation_tokens", 0.0)
     per_million: dict[str, float] = {}
     if prompt + generation > 0:

@@ -9,7 +9,8 @@ rules and every output field are in docs/planning.md; in short, for each candida
 3. the KV cache left must hold one whole request (prompt + output tokens);
 4. the largest batch B* whose decode step at the mean context meets the TPOT target
    (``roofline.largest_batch``; calibrated: the roofline step / decode efficiency);
-5. the prefill of one prompt must meet the TTFT target (queueing is not modelled);
+5. the prefill of one prompt (its computed part, where a prefix cache serves the rest) must meet the TTFT
+   target (queueing is not modelled);
 6. a replica serves 1 / (output x step(B*) / B* + prefill) requests per second, and is planned
    busy at most ``analysis.TARGET_BUSY_SHARE`` of the time, as the live right-sizing does:
    replicas = ceil(rate / (0.8 x that)), GPUs = replicas x n; costs follow from the price.
@@ -73,6 +74,10 @@ class Workload:
     requests_per_second: float
     prompt_tokens: float
     output_tokens: float
+    # the part of the prompt the engine computes, where a prefix cache (or KV transferred from elsewhere)
+    # serves the rest (vLLM prompt_tokens_by_source{source="local_compute"}); None: all of it. The prefill is
+    # timed on these; the KV cache holds the whole prompt.
+    computed_prompt_tokens: float | None = None
 
     def __post_init__(self) -> None:
         _positive("requests per second", self.requests_per_second)
@@ -80,6 +85,15 @@ class Workload:
             raise ValueError(f"prompt tokens must be at least 1, got {self.prompt_tokens!r}")
         if self.output_tokens < 1 or not math.isfinite(self.output_tokens):
             raise ValueError(f"output tokens must be at least 1, got {self.output_tokens!r}")
+        computed = self.computed_prompt_tokens
+        if computed is not None and not (1 <= computed <= self.prompt_tokens):
+            raise ValueError(f"computed prompt tokens must be at least 1 and at most the prompt tokens "
+                             f"({self.prompt_tokens:g}), got {computed!r}")
+
+    @property
+    def prefill_tokens(self) -> float:
+        """Tokens one request's prefill computes."""
+        return self.computed_prompt_tokens if self.computed_prompt_tokens is not None else self.prompt_tokens
 
     @property
     def context(self) -> float:
@@ -298,14 +312,14 @@ def evaluate(model: ModelSpec, gpu: GpuSpec, tp: int, workload: Workload, slo: S
                        reason=f"the TPOT target {_time(slo.tpot_seconds)} is below the decode step at batch 1 "
                               f"and a {context:,.0f}-token context ({_time(floor.seconds / decode_eff)})")
     step = roofline.decode_step(kv_model, gpu, tp, batch, context, kv_bytes)
-    first = roofline.prefill(kv_model, gpu, tp, workload.prompt_tokens)
+    first = roofline.prefill(kv_model, gpu, tp, workload.prefill_tokens)
     assert step is not None and first is not None  # flops is known, the prompt is at least 1 token
     step_seconds, prefill_seconds = step.seconds / decode_eff, first.seconds / prefill_eff
     out = replace(out, batch=batch, batch_limit=_batch_limit(batch, capacity, context), tpot_seconds=step_seconds,
                   ttft_seconds=prefill_seconds, bound=step.bound, prefill_bound=first.bound)
     if prefill_seconds > slo.ttft_seconds:
         return replace(out, ruled_out="ttft_unreachable",
-                       reason=f"the prefill of {workload.prompt_tokens:,.0f} tokens takes {_time(prefill_seconds)}, "
+                       reason=f"the prefill of {workload.prefill_tokens:,.0f} tokens takes {_time(prefill_seconds)}, "
                               f"above the TTFT target {_time(slo.ttft_seconds)}")
 
     # a replica's time per request: its share of decode steps plus its own prefill
@@ -374,6 +388,8 @@ class Plan:
             "requests_per_second": self.workload.requests_per_second,
             "prompt_tokens": self.workload.prompt_tokens,
             "output_tokens": self.workload.output_tokens,
+            **({"computed_prompt_tokens": self.workload.computed_prompt_tokens}
+               if self.workload.computed_prompt_tokens is not None else {}),
             "slo": {"ttft_seconds": self.slo.ttft_seconds, "tpot_seconds": self.slo.tpot_seconds},
             "pricing": self.pricing,
             "gpu_memory_utilization": roofline.DEFAULT_GPU_MEMORY_UTILIZATION,

@@ -61,18 +61,28 @@ def planned_kv_cache_dtype(cache_dtype: str | None) -> str:
 
 
 def plan_inputs(stats: EngineStats, analysis: Analysis, cache_dtype: str | None = None) -> PlanInputs:
-    """The planner's inputs from the window: the mean request and the observed efficiency.
+    """The planner's inputs from the window: the demand (finished plus rejected requests per second), the
+    mean request (its prompt, the part of it the engine computed, its output) and the observed efficiency.
 
     Decode efficiency is the analytic MBU (the roofline step over the observed mean inter-token step);
     prefill efficiency is the roofline prefill of the mean prompt over the observed mean prefill time
-    (:func:`mean_prefill_seconds`).
+    (:func:`mean_prefill_seconds`), where both time the computed part of the prompt.
     """
     rates = stats.counter_rates
     rps = rates.get("requests_finished", 0.0)
     prompt, output = rates.get("prompt_tokens", 0.0), rates.get("generation_tokens", 0.0)
+    computed = stats.prompt_tokens_computed_per_second() if "prompt_tokens_computed" in rates else None
     finished = _finished(stats)
     if rps > 0 and prompt > 0 and output > 0:
-        workload = plan.Workload(sig2(rps), sig2(max(prompt / rps, 1.0)), sig2(max(output / rps, 1.0)))
+        # demand: every finished request and every one the engine turned away (vLLM admission rejections),
+        # the rejected ones taken to be of the mean finished request's size
+        demand = rps + rates.get("admission_rejections", 0.0)
+        mean_prompt = sig2(max(prompt / rps, 1.0))
+        # the computed part only where it is less than the whole prompt (a prefix cache served the rest)
+        mean_computed = sig2(max(computed / rps, 1.0)) if computed is not None else None
+        if mean_computed is not None and mean_computed >= mean_prompt:
+            mean_computed = None
+        workload = plan.Workload(sig2(demand), mean_prompt, sig2(max(output / rps, 1.0)), mean_computed)
         idle = False
     else:
         workload = plan.Workload(IDLE_REQUESTS_PER_SECOND, DEFAULT_CONTEXT_TOKENS, IDLE_OUTPUT_TOKENS)

@@ -2,7 +2,8 @@
 
 Evidence is judged over the **evidence period**, the last EVIDENCE_SECONDS of the window, and there over
 the **loaded** samples only (a request running or waiting), so that idle time before or after a burst
-never dilutes it. The states, first match wins:
+never dilutes it. "Waiting" below means waiting for capacity (vLLM's reason="capacity"; a request vLLM
+deferred for a LoRA slot or a KV transfer is load, but not a queue). The states, first match wins:
 
 - ``sleeping``: the engine says it sleeps (vLLM sleep mode);
 - ``memory_bound``: it preempted in the evidence period (vLLM and SGLang preempt or retract only when KV
@@ -67,6 +68,14 @@ def _share(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def waiting_for_capacity(sample: EngineSample) -> float:
+    """Requests waiting for room in the batch or the KV cache: vLLM's reason="capacity" where it tells
+    (vllm/v1/metrics/loggers.py 0.32-0.34: requests deferred for a LoRA slot, a KV transfer or a blocked state
+    wait for something else, and are not a queue the hardware could clear), else every waiting request."""
+    gauges = sample.gauges
+    return gauges.get("requests_waiting_capacity", gauges.get("requests_waiting", 0.0))
+
+
 def gather(samples: Sequence[EngineSample], gpu_busy: Mapping[float, float], batch_limit: int | None,
            replicas: int = 1, seconds: float = EVIDENCE_SECONDS) -> Evidence:
     """The evidence over the last ``seconds`` of ``samples`` (a window, oldest first). ``gpu_busy``: the mean
@@ -76,11 +85,10 @@ def gather(samples: Sequence[EngineSample], gpu_busy: Mapping[float, float], bat
     latest = samples[-1]
     period = [s for s in samples if s.timestamp >= latest.timestamp - seconds]
     loaded = [s for s in period if s.gauges.get("requests_running", 0) > 0 or s.gauges.get("requests_waiting", 0) > 0]
-    waiting = [s.gauges.get("requests_waiting", 0.0) > 0 for s in loaded]
+    waiting = [waiting_for_capacity(s) > 0 for s in loaded]
     with_kv = [s for s in loaded if "kv_cache_usage_ratio" in s.gauges]
     full = [s.gauges["kv_cache_usage_ratio"] >= KV_FULL for s in with_kv]
-    full_waiting = [s.gauges["kv_cache_usage_ratio"] >= KV_FULL and s.gauges.get("requests_waiting", 0.0) > 0
-                    for s in with_kv]
+    full_waiting = [s.gauges["kv_cache_usage_ratio"] >= KV_FULL and waiting_for_capacity(s) > 0 for s in with_kv]
     with_preemptions = [s for s in period if "preemptions" in s.counters]
     preemptions = counter_rate([s.timestamp for s in with_preemptions],
                                [s.counters["preemptions"] for s in with_preemptions])
@@ -96,7 +104,7 @@ def gather(samples: Sequence[EngineSample], gpu_busy: Mapping[float, float], bat
         kv_full_ratio=_share(full),
         kv_full_waiting_ratio=_share(full_waiting),
         preemptions_per_second=preemptions,
-        waiting_requests=_mean([s.gauges.get("requests_waiting", 0.0) for s in loaded]),
+        waiting_requests=_mean([waiting_for_capacity(s) for s in loaded]),
         kv_usage=_mean([s.gauges["kv_cache_usage_ratio"] for s in with_kv]),
         gpu_busy_ratio=_mean([gpu_busy[s.timestamp] for s in loaded if s.timestamp in gpu_busy]),
         batch_ratio=batch_ratio,

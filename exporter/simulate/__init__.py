@@ -1,6 +1,7 @@
 """``infermeter simulate``: a simulated vLLM, TGI, Triton or SGLang engine, for watching infermeter without a GPU.
 
-It serves ``/metrics`` shaped exactly like vLLM 0.32's, TGI 3.x's (``exposition``), Triton's with a
+It serves ``/metrics`` shaped exactly like vLLM 0.34's (0.33's or 0.32's with ``--vllm-version``), TGI 3.x's
+(``exposition``), Triton's with a
 TensorRT-LLM ensemble (``triton``) or SGLang's (``sglang``), moved by a small deterministic queueing
 model timed by infermeter's own roofline (``model``, whose docstring documents the model and every
 scenario, with what infermeter shows for each), plus the engine's identity endpoints (vLLM
@@ -22,7 +23,14 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from exporter.simulate.exposition import TgiExposition, VllmExposition, describe, exposition_for
+from exporter.simulate.exposition import (
+    VLLM_VERSION,
+    VLLM_VERSIONS,
+    TgiExposition,
+    VllmExposition,
+    describe,
+    exposition_for,
+)
 from exporter.simulate.model import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -35,8 +43,8 @@ from exporter.simulate.model import (
 )
 from exporter.simulate.server import SimulatorServer
 
-__all__ = ["SCENARIOS", "Engine", "Scenario", "Simulation", "SimulatorServer", "TgiExposition", "VllmExposition",
-           "exposition_for", "find_engine", "main", "simulation"]
+__all__ = ["SCENARIOS", "VLLM_VERSION", "VLLM_VERSIONS", "Engine", "Scenario", "Simulation", "SimulatorServer",
+           "TgiExposition", "VllmExposition", "exposition_for", "find_engine", "main", "simulation"]
 
 
 def simulation(kind: str, scenario: str, *, model: str = DEFAULT_MODEL, gpu: str = DEFAULT_GPU,
@@ -69,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     scenarios = "; ".join(f"{s.name}: {s.summary}" for s in SCENARIOS.values())
     parser = argparse.ArgumentParser(
         prog="infermeter simulate",
-        description="Serve a simulated vLLM 0.32, TGI 3.x, Triton (TensorRT-LLM ensemble) or SGLang engine "
-                    "(metrics, identity, health) under a scenario's load. It is a simulator, and says so on "
+        description="Serve a simulated vLLM (0.34 by default), TGI 3.x, Triton (TensorRT-LLM ensemble) or SGLang "
+                    "engine (metrics, identity, health) under a scenario's load. It is a simulator, and says so on "
                     "every endpoint.",
         epilog=f"Scenarios: {scenarios}. The model and what infermeter shows for each: "
                "the docstring of exporter/simulate/model.py.")
@@ -82,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"a catalogue GPU name (default {DEFAULT_GPU!r})")
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs of the engine (default 1; 4 for the overprovisioned scenario)")
+    parser.add_argument("--vllm-version", choices=VLLM_VERSIONS, default=VLLM_VERSION,
+                        help=f"the vLLM release whose /metrics shape to serve (default {VLLM_VERSION}, the newest)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (the run is deterministic given it)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="simulated seconds per wall-clock second (default 1)")
@@ -94,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sim = simulation(args.engine_kind, args.scenario, model=args.model, gpu=args.gpu, gpus=args.gpus,
                          seed=args.seed)
-        exposition = exposition_for(sim)
+        exposition = exposition_for(sim, args.vllm_version)
         host, port = args.listen
         server = SimulatorServer(sim, exposition, host=host, port=port, speed=args.speed)
     except (ValueError, OSError) as err:

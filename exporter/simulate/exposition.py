@@ -1,8 +1,10 @@
 """The simulated engine's ``/metrics`` and identity documents, shaped like the real engines'.
 
-vLLM 0.32 (V1 engine): the families, HELP strings, label names (``engine="0"``, ``model_name``),
-bucket bounds and ``vllm:cache_config_info`` labels of a real 0.32.0 capture
-(``tests/fixtures/engines/vllm-0.32.0-real-a.txt``), rendered the way vLLM renders them: by
+vLLM 0.34 by default, 0.33 or 0.32 on request (``--vllm-version``; V1 engine): the families, HELP
+strings, label names (``engine="0"``, ``model_name``), bucket bounds and ``vllm:cache_config_info`` labels
+of a real 0.32.0 capture (``tests/fixtures/engines/vllm-0.32.0-real-a.txt``) and of 0.33.0 and 0.34.0's own
+stat logger (``vllm-0.33.0-a.txt``, ``vllm-0.34.0-a.txt``: the three serve the same families; only
+``cache_config_info``'s label set grows, VLLM_CONFIG_LABELS), rendered the way vLLM renders them: by
 prometheus_client's own Counter/Gauge/Histogram in a registry, so counters carry ``_total`` and
 every counter and histogram is followed by its ``_created`` gauge family. The token histograms'
 bounds are vLLM's 1-2-5 series up to ``max_model_len``, as vLLM builds them.
@@ -38,13 +40,15 @@ from exporter.simulate.sglang import SglangExposition
 from exporter.simulate.triton import TritonExposition
 
 SIMULATOR = "infermeter-simulator"
-VLLM_VERSION = "0.32.0"
+# the vLLM versions whose shape the simulator serves, oldest first; the newest is the default
+VLLM_VERSIONS = ("0.32.0", "0.33.0", "0.34.0")
+VLLM_VERSION = VLLM_VERSIONS[-1]
 INFO_NAME = "infermeter_simulator_info"
 INFO_HELP = "This engine is the infermeter simulator (not a real inference server): its scenario and engine kind."
 
 # ------------------------------------------------------------------------------------------ vLLM
 
-# vLLM V1 (vllm/v1/metrics/loggers.py) bucket bounds, as served by 0.32.0
+# vLLM V1 (vllm/v1/metrics/loggers.py) bucket bounds, as served by 0.32.0 to 0.34.0 (vllm/v1/metrics/buckets.py)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
@@ -141,13 +145,16 @@ def _observe_many(child: Any, value: float, count: int) -> None:
 
 
 class VllmExposition:
-    """vLLM 0.32's ``/metrics`` for one simulation: prometheus_client metrics in a private registry,
-    one ``engine`` label value per data-parallel rank."""
+    """vLLM's ``/metrics`` (``version``: one of VLLM_VERSIONS) for one simulation: prometheus_client metrics in
+    a private registry, one ``engine`` label value per data-parallel rank."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, sim: Simulation) -> None:
+    def __init__(self, sim: Simulation, version: str = VLLM_VERSION) -> None:
+        if version not in VLLM_VERSIONS:
+            raise ValueError(f"unknown vLLM version {version!r} (one of {', '.join(VLLM_VERSIONS)})")
         self.sim = sim
+        self.version = version
         self.started = time.time()
         self.ranks = [_VllmRank(self, rank) for rank in sim.ranks]
         self.rebuild()
@@ -178,7 +185,7 @@ class VllmExposition:
                 rejections.labels(model, "max_num_queued_tokens")
         for recorder in self.ranks:
             recorder.bind(families, model)
-        configs = [cache_config_labels(rank) for rank in self.sim.ranks]
+        configs = [cache_config_labels(rank, self.version) for rank in self.sim.ranks]
         info = Gauge("vllm:cache_config_info", _HELP["cache_config_info"], sorted(configs[0]), registry=registry)
         for config in configs:
             info.labels(**config).set(1)
@@ -202,7 +209,7 @@ class VllmExposition:
                                 "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
                                 "allow_fine_tuning": False, "organization": "*", "group": None,
                                 "is_blocking": False}]}]},
-            "/version": {"version": f"{VLLM_VERSION}+{SIMULATOR}"},
+            "/version": {"version": f"{self.version}+{SIMULATOR}"},
         }
 
 
@@ -356,11 +363,23 @@ class _VllmRank:
             self.exposition.rebuild()
 
 
-def cache_config_labels(rank: Rank) -> dict[str, str]:
-    """``vllm:cache_config_info``'s labels as vLLM 0.32 serves them, for one rank's simulated cache."""
+# cache_config_info labels a version adds (vllm/config/cache.py CacheConfig fields, which metrics_info() turns
+# into labels), with the value the simulation serves
+VLLM_CONFIG_LABELS: dict[str, dict[str, str]] = {
+    "0.33.0": {"simple_cpu_offload_num_blocks": "None"},
+    # the extensible KV cache, on by default on CUDA; gpu_memory_utilization is served as set (--gpu-memory-
+    # utilization 0.9 here: left unset, 0.34 serves "None")
+    "0.34.0": {"enable_extensible_kv_cache": "True", "_extensible_kv_cache_resolved": "True"},
+}
+
+
+def cache_config_labels(rank: Rank, version: str = VLLM_VERSION) -> dict[str, str]:
+    """``vllm:cache_config_info``'s labels as vLLM ``version`` serves them, for one rank's simulated cache."""
     engine = rank.engine
     tokens = engine.kv_capacity_tokens
-    return {
+    added = {key: value for v in VLLM_VERSIONS[:VLLM_VERSIONS.index(version) + 1]
+             for key, value in VLLM_CONFIG_LABELS.get(v, {}).items()}
+    return {**added,
         "_block_size_resolved": "True", "block_size": str(engine.block_size), "cache_dtype": "auto",
         "cache_hit_alignment_tokens": "None", "effective_attention_block_size": str(engine.block_size),
         "enable_mamba_shared_prefix_checkpoint": "False", "enable_prefix_caching": "True", "engine": str(rank.index),
@@ -623,13 +642,14 @@ class TgiExposition:
 Exposition = VllmExposition | TgiExposition | TritonExposition | SglangExposition
 
 
-def exposition_for(sim: Simulation) -> Exposition:
-    """The exposition of the simulation's engine kind (registered as its recorder)."""
+def exposition_for(sim: Simulation, vllm_version: str = VLLM_VERSION) -> Exposition:
+    """The exposition of the simulation's engine kind (registered as its recorder); a vLLM one in the shape of
+    ``vllm_version``."""
     if sim.engine.kind == "triton":
         return TritonExposition(sim)
     if sim.engine.kind == "sglang":
         return SglangExposition(sim)
-    return VllmExposition(sim) if sim.engine.kind == "vllm" else TgiExposition(sim)
+    return VllmExposition(sim, vllm_version) if sim.engine.kind == "vllm" else TgiExposition(sim)
 
 
 def describe(sim: Simulation) -> Mapping[str, str]:

@@ -118,6 +118,28 @@ def check_sample(sample: EngineSample) -> None:
             raise SourceError(f"histogram {name} has a negative count: the engine's metrics are broken")
 
 
+def label_totals(exposition: Exposition, name: str, label: str, *, counter: bool = True) -> dict[str, float] | None:
+    """``name``'s series summed per value of ``label`` (over data-parallel ranks and any other label), for the
+    label values the engine serves; None when no series of ``name`` carries ``label``. Values that are not
+    finite are left out; for a ``counter``, a series below zero fails the read (it only goes up from zero).
+
+    Shared by the adapters (vLLM ``request_success_total{finished_reason}``,
+    ``prompt_tokens_by_source_total{source}``, ``num_requests_waiting_by_reason{reason}``)."""
+    totals: dict[str, list[float]] = {}
+    for labels, value in exposition.series(name):
+        key = labels.get(label)
+        if key is None:
+            continue
+        if counter and value < 0:
+            raise SourceError(f"{name}{{{label}={short(key, MODEL_CHARS_SHOWN)}}} is negative ({value:g}): the "
+                              "engine's metrics are broken")
+        totals.setdefault(key, []).append(value)
+    if not totals:
+        return None
+    return {key: total for key, values in totals.items()
+            if (total := finite_sum([v for v in values if math.isfinite(v)])) is not None}
+
+
 def capacity_weighted_mean(usage: Sequence[tuple[str, float]], capacity: Mapping[str, float]) -> float | None:
     """KV cache usage over data-parallel ranks: (rank, usage) pairs weighted by each rank's capacity in
     tokens when every rank has a positive one, else their plain mean; None when empty or not finite."""
@@ -211,17 +233,12 @@ def markdown_mapping() -> str:
     engines = tuple(a.names for a in adapters())
     # fields an adapter computes beyond its name tables: field kind -> field -> engine kind -> sources
     computed: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
-        "counter": {name: {"vllm": (f"{wire} (mean over data-parallel ranks)",)}
-                    for name, wire in vllm.PER_GPU.items()},
         "gauge": {
-            "kv_cache_usage_ratio": {"vllm": vllm.KV_USAGE,
-                                     "tgi": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",)},
-            "kv_cache_capacity_tokens": {"vllm": (f"{vllm.CACHE_CONFIG} num_gpu_blocks x block_size",),
-                                         "tgi": ("/info max_batch_total_tokens",)},
-            "sleep_level": {"vllm": (f"{vllm.SLEEP_STATE} (awake 0, weights_offloaded 1, discard_all 2)",)},
+            "kv_cache_usage_ratio": {"tgi": (f"{tgi.BATCH_TOKENS} / /info max_batch_total_tokens",)},
+            "kv_cache_capacity_tokens": {"tgi": ("/info max_batch_total_tokens",)},
         },
     }
-    for module in (triton, sglang):
+    for module in (vllm, triton, sglang):
         for kind, fields in module.COMPUTED.items():
             for name, sources in fields.items():
                 computed.setdefault(kind, {}).setdefault(name, {})[module.NAMES.kind] = sources
